@@ -1,0 +1,174 @@
+"""Envelope parsing: from verified raw bytes to an Event that routing and sinks can read.
+
+The raw body is kept next to the parsed form because sinks must be able to pass on exactly
+what Volt sent, unknown fields included.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class EnvelopeError(ValueError):
+    """The body is not a usable envelope; the message is the short reason for the 400 answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A request that is not a messaging event (Volt's registration test, other types)."""
+
+    type: str | None
+
+
+@dataclass(slots=True)
+class Event:
+    """One messaging envelope as Volt sent it.
+
+    `raw` is the request body byte for byte; `envelope` its parsed JSON. `seq` is the spool's
+    row number once stored.
+    """
+
+    id: str
+    raw: bytes
+    envelope: dict[str, Any]
+    seq: int | None = None
+    _digest: bytes | None = field(default=None, repr=False)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.envelope["payload"]
+
+    @property
+    def time(self) -> int | float | None:
+        t = self.envelope.get("time")
+        return t if isinstance(t, int | float) and not isinstance(t, bool) else None
+
+    def field(self, name: str) -> str | None:
+        """A payload field as a string, or None when absent, null or not a scalar."""
+        value = self.payload.get(name)
+        if value is None or isinstance(value, dict | list):
+            return None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    @property
+    def direction(self) -> str | None:
+        d = self.field("direction")
+        return d.lower() if d else None
+
+    @property
+    def our_number(self) -> str | None:
+        """Our side of the conversation: the recipient when inbound, the sender when outbound."""
+        d = self.direction
+        if d == "inbound":
+            return self.field("to_number")
+        if d == "outbound":
+            return self.field("from_number")
+        return None
+
+    @property
+    def their_number(self) -> str | None:
+        d = self.direction
+        if d == "inbound":
+            return self.field("from_number")
+        if d == "outbound":
+            return self.field("to_number")
+        return None
+
+    @property
+    def digest(self) -> bytes:
+        """Identity of the message content, for dedup together with the envelope id.
+
+        Computed over the canonical JSON of `payload` rather than the raw body, so a retry that
+        is re-serialized or re-timed by Volt still counts as the same event, while two distinct
+        events that happen to share an envelope id (as the vendor's own two examples do) do not.
+        """
+        if self._digest is None:
+            canon = json.dumps(
+                self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            self._digest = hashlib.sha256(canon.encode("utf-8", "surrogatepass")).digest()[:16]
+        return self._digest
+
+    def template_fields(self) -> dict[str, str]:
+        """Values for sink path/message templates; every value is safe inside a file name."""
+        t = self.time
+        when = (
+            _dt.datetime.fromtimestamp(t, _dt.UTC)
+            if t is not None and 0 <= t < 253402300800
+            else None
+        )
+        values = {
+            "id": self.id,
+            "message_id": self.field("id"),
+            "our_number": self.our_number,
+            "their_number": self.their_number,
+            "from_number": self.field("from_number"),
+            "to_number": self.field("to_number"),
+            "direction": self.direction,
+            "event": self.field("event_type"),
+            "status": self.field("status"),
+            "type": self.field("type"),
+            "date": when.strftime("%Y-%m-%d") if when else None,
+            "month": when.strftime("%Y-%m") if when else None,
+            "hour": when.strftime("%H") if when else None,
+        }
+        return {k: safe_component(v) for k, v in values.items()}
+
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_.@")
+
+
+def safe_component(value: str | None) -> str:
+    """Make a value usable as one path component: event data must never steer a path."""
+    if not value:
+        return "unknown"
+    cleaned = "".join(c if c in _SAFE else "_" for c in value)[:100]
+    if cleaned.strip(".") == "":
+        return "unknown"
+    return cleaned
+
+
+def parse(raw: bytes) -> Event | Probe:
+    """Parse a (verified or probe) body into an Event, or a Probe for non-messaging types.
+
+    Raises EnvelopeError with a short reason when the body is not an envelope at all.
+    """
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise EnvelopeError("body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise EnvelopeError("envelope must be a JSON object")
+    etype = doc.get("type")
+    if not isinstance(etype, str):
+        raise EnvelopeError("envelope needs a string 'type'")
+    if etype != "messaging":
+        return Probe(etype)
+    eid = doc.get("id")
+    if not isinstance(eid, str) or not eid:
+        raise EnvelopeError("messaging envelope needs a non-empty string 'id'")
+    if len(eid) > 200:
+        raise EnvelopeError("envelope 'id' is longer than 200 characters")
+    if not isinstance(doc.get("payload"), dict):
+        raise EnvelopeError("messaging envelope needs an object 'payload'")
+    t = doc.get("time")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
+        raise EnvelopeError("envelope 'time' must be a number of seconds")
+    return Event(id=eid, raw=raw, envelope=doc)
+
+
+def from_spool(seq: int, eid: str, raw: bytes) -> Event:
+    """Rebuild an Event from what the spool stored (already validated at ingest)."""
+    return Event(id=eid, raw=raw, envelope=json.loads(raw), seq=seq)
+
+
+def as_json_line(raw: bytes) -> bytes:
+    """The body as one line: line breaks, which valid JSON only has between tokens, become
+    spaces, so every other byte is exactly what Volt sent."""
+    return raw.strip().replace(b"\r", b" ").replace(b"\n", b" ")
