@@ -1,1 +1,131 @@
-"""File sink."""
+"""voltd's `file` sink: one JSON line per event, exactly as Volt sent it.
+
+It is registered through the same `voltd` entry-point group as any third-party plugin, so it
+is also the example to copy when writing one:
+
+    [sinks.archive]
+    type = "file"
+    path = "archive/{our_number}/{date}.jsonl"   # relative to the config file
+    fsync = true                                   # fsync each file once per batch
+
+Template fields: {our_number}, {their_number}, {from_number}, {to_number}, {direction},
+{event}, {status}, {type}, {id}, {message_id}, {date}, {month}, {hour} (dates from the
+envelope's `time`, UTC). Values are reduced to file-name-safe characters, so event data can
+never step outside the directory; a template with {date} rotates daily.
+
+Each line is the request body byte for byte, except that line breaks (which JSON allows only
+between tokens) become spaces, so a pretty-printed body still fits on one line.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydantic
+import trio
+
+from voltd import RetryableError, SinkContext, SinkOptions, hookimpl
+from voltd.events import Event, as_json_line
+
+FIELDS = (
+    "our_number", "their_number", "from_number", "to_number", "direction", "event",
+    "status", "type", "id", "message_id", "date", "month", "hour",
+)
+
+
+class FileSink:
+    """Appends events as JSON lines to files named by a template."""
+
+    class Options(SinkOptions):
+        path: str
+        fsync: bool = True
+
+        @pydantic.field_validator("path")
+        @classmethod
+        def _template(cls, value: str) -> str:
+            if not value.strip():
+                raise ValueError("expected a file path template, got an empty string")
+            try:
+                parsed = list(string.Formatter().parse(value))
+            except ValueError as exc:
+                raise ValueError(f"not a valid path template: {exc}") from None
+            for _, name, spec, conv in parsed:
+                if name is None:
+                    continue
+                if name not in FIELDS or spec or conv:
+                    raise ValueError(
+                        f"unknown template field {{{name}}} (expected one of: "
+                        + ", ".join("{" + f + "}" for f in FIELDS) + ")"
+                    )
+            return value
+
+    def __init__(self, options: Options, context: SinkContext) -> None:
+        self.template = options.path
+        self.base = context.config_dir
+        self.fsync = options.fsync
+        self.static = not any(n for _, n, _, _ in string.Formatter().parse(self.template))
+        self._limiter = trio.CapacityLimiter(1)
+
+    def path_for(self, event: Event) -> Path:
+        if self.static:
+            rel = self.template
+        else:
+            rel = self.template.format_map(event.template_fields())
+        return self.base / rel
+
+    async def send(self, event: Event) -> None:
+        await self.send_batch([event])
+
+    async def send_batch(self, events: Sequence[Event]) -> None:
+        groups: dict[Path, list[bytes]] = {}
+        for event in events:
+            groups.setdefault(self.path_for(event), []).append(as_json_line(event.raw) + b"\n")
+        try:
+            await trio.to_thread.run_sync(self._write, groups, limiter=self._limiter)
+        except OSError as exc:
+            raise RetryableError(f"cannot write: {exc}") from exc
+
+    def _write(self, groups: dict[Path, list[bytes]]) -> None:
+        for path, lines in groups.items():
+            created_dirs = _makedirs(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                new = os.fstat(fd).st_size == 0
+                data = b"".join(lines)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.fsync and (new or created_dirs):
+                for d in [path.parent, *created_dirs]:
+                    _fsync_dir(d)
+
+
+def _makedirs(directory: Path) -> list[Path]:
+    """Create missing directories; return the parents whose entries changed (to fsync)."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return [m.parent for m in missing]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@hookimpl
+def register_sink_types(register) -> None:
+    register("file", FileSink)

@@ -1,0 +1,5 @@
+import sys
+
+from voltd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,406 @@
+"""Command line: `voltd serve|check|route|send|keygen|demo|spool|plugins|register`.
+
+Exit codes: 0 success, 1 runtime failure (cannot listen, spool locked, request refused),
+2 bad configuration or bad input (the message names the file, the key and the expectation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from voltd import __version__
+
+log = logging.getLogger("voltd")
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd, journald adds the time stamp itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    print(f"voltd: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _load(path: str) -> Any:
+    from voltd.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _load_with_sinks(path: str) -> tuple[Any, Any, dict[str, Any]]:
+    from voltd.config import ConfigError
+    from voltd.plugins import build_sinks, discover
+
+    config = _load(path)
+    registry = discover(config.plugin_dirs)
+    try:
+        sinks = build_sinks(config, registry)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        raise SystemExit(2) from None
+    return config, registry, sinks
+
+
+def _find_os_error(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _find_os_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
+# -- serve ---------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from voltd.server import Daemon
+    from voltd.spool import SpoolError
+
+    config, registry, sinks = _load_with_sinks(args.config)
+    for problem in registry.problems:
+        log.warning("%s", problem)
+    daemon = Daemon(config, sinks)
+    try:
+        trio.run(daemon.run)
+    except SpoolError as exc:
+        _fail(str(exc), 1)
+    except BaseException as exc:  # noqa: BLE001 - turn bind errors into one clear line
+        os_error = _find_os_error(exc)
+        if os_error is None or isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        _fail(f"cannot start: {os_error.strerror or os_error}", 1)
+    return 0
+
+
+# -- check / route / plugins -----------------------------------------------------------------
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds == 0:
+        return "0 (disabled)"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def _fmt_match(spec: Any) -> str:
+    if spec is None:
+        return "everything"
+    parts = []
+    for key, values in spec.items():
+        if values:
+            parts.append(f"{key}={', '.join(values)}")
+    return "; ".join(parts) or "everything"
+
+
+def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: ("***" if f"sinks.{sink}.{k}" in config.secret_keys else v) for k, v in options.items()
+    }
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, registry, sinks = _load_with_sinks(args.config)
+    s = config.server
+    scheme = "https" if s.certfile else "http"
+    out = [f"{config.source_name}: OK"]
+    for b in s.bind:
+        out.append(f"listen:   {scheme}://{b}{s.path} (max body {s.max_body_bytes} bytes)")
+    out.append(f"admin:    {'http://' + str(config.admin.bind) + '/healthz' if config.admin.bind else 'off'}")
+    v = config.verify
+    out.append(
+        f"verify:   {len(v.keys)} key(s) ({', '.join(p.name for p in v.public_keys)}), "
+        f"{v.algorithm}, {v.encoding} in header {v.header}, max_age {_fmt_duration(v.max_age)}"
+    )
+    r = config.retry
+    out.append(
+        f"spool:    {config.spool.path}, retention {_fmt_duration(config.spool.retention)}; "
+        f"retry {_fmt_duration(r.initial)} doubling to {_fmt_duration(r.max_delay)}, "
+        f"dead letter after {_fmt_duration(r.give_up_after)}"
+    )
+    if config.numbers:
+        out.append("numbers:")
+        out.extend(f"  {name} = {num}" for name, num in config.numbers.items())
+    out.append("routes:")
+    for i, route in enumerate(config.routes, 1):
+        line = f"  {i}. {route.name}{' (final)' if route.final else ''}: "
+        line += f"match {_fmt_match(_spec_items(route.match))}"
+        if route.exclude is not None:
+            line += f"; exclude {_fmt_match(_spec_items(route.exclude))}"
+        line += f" -> {', '.join(route.sinks)}"
+        out.append(line)
+    out.append(f"  unmatched -> {config.defaults.unmatched or '(stored, not delivered)'}")
+    out.append("sinks:")
+    for name, sc in config.sinks.items():
+        origin = registry.sink_types[sc.type].origin
+        opts = json.dumps(_redacted(config, name, sc.options), default=str)
+        out.append(f"  {name}: {sc.type} ({origin}) {opts}")
+    for problem in registry.problems:
+        out.append(f"warning: {problem}")
+    print("\n".join(out))
+    return 0
+
+
+def _spec_items(spec: Any) -> dict[str, list[str]] | None:
+    if spec is None:
+        return None
+    data = spec.model_dump(by_alias=True) if hasattr(spec, "model_dump") else dict(vars(spec))
+    return {k: [str(x) for x in v] for k, v in data.items() if v}
+
+
+def _read_event(path: str) -> tuple[bytes, Any]:
+    from voltd.events import EnvelopeError, parse
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        _fail(f"{path}: cannot read: {exc.strerror}")
+    try:
+        return raw, parse(raw)
+    except EnvelopeError as exc:
+        _fail(f"{path}: not a Volt envelope: {exc}")
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    from voltd.events import Probe
+    from voltd.routing import Router
+
+    config = _load(args.config)
+    _, event = _read_event(args.event)
+    if isinstance(event, Probe):
+        print(f"{args.event}: envelope type {event.type!r} is not 'messaging': answered as a "
+              "probe, never routed")
+        return 0
+    print(Router.from_config(config).explain(event).render())
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from voltd.plugins import discover
+
+    dirs = _load(args.config).plugin_dirs if args.config else []
+    registry = discover(dirs)
+    print("sink types:")
+    for name, info in sorted(registry.sink_types.items()):
+        print(f"  {name}: {info.cls.__module__}.{info.cls.__qualname__} ({info.origin})")
+    if not registry.sink_types:
+        print("  (none)")
+    if registry.problems:
+        print("problems:")
+        for problem in registry.problems:
+            print(f"  {problem}")
+        return 1
+    return 0
+
+
+# -- keys and sending ---------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from voltd.keys import generate_signing_pair
+
+    try:
+        private, public = generate_signing_pair(Path(args.dir))
+    except (FileExistsError, OSError) as exc:
+        _fail(str(exc), 1)
+    print(f"private signing key (keep it secret; for `voltd send --key`): {private}")
+    print(f"public key (list it in [verify] public_keys):            {public}")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    import httpx
+
+    from voltd.verify import KeyLoadError, Signer, load_private_key_file
+
+    raw, _ = _read_event(args.event)
+    try:
+        key = load_private_key_file(Path(args.key))
+    except KeyLoadError as exc:
+        _fail(f"{args.key}: {exc}")
+    signature = Signer(key, args.algorithm, args.encoding).sign(raw)
+    verify: bool | str = False if args.insecure else (args.cacert or True)
+    headers = {args.header: signature, "Content-Type": "application/json"}
+    try:
+        with httpx.Client(verify=verify, timeout=args.timeout) as client:
+            resp = client.post(args.url, content=raw, headers=headers)
+    except httpx.HTTPError as exc:
+        _fail(f"{args.url}: {exc}", 1)
+    print(f"{resp.status_code} {resp.reason_phrase}")
+    print(resp.text)
+    return 0 if resp.is_success else 1
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import httpx
+
+    try:
+        token = Path(args.token_file).read_text().strip()
+    except OSError as exc:
+        _fail(f"{args.token_file}: cannot read: {exc.strerror}")
+    query = (
+        "mutation registerWebhook ($url: String!) { registerWebhook (url: $url) "
+        "{ id url createdAt lastUpdatedAt } }"
+    )
+    try:
+        resp = httpx.post(
+            args.api,
+            json={"query": query, "variables": {"url": args.url}},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"{args.api}: {exc}", 1)
+    try:
+        body = resp.json()
+    except ValueError:
+        _fail(f"{args.api}: answered {resp.status_code} with a body that is not JSON", 1)
+    if resp.is_success and not body.get("errors"):
+        print(json.dumps(body.get("data"), indent=2))
+        return 0
+    _fail(f"registration refused ({resp.status_code}): {json.dumps(body.get('errors', body))}", 1)
+
+
+# -- spool --------------------------------------------------------------------------------
+
+
+def _spool_db(args: argparse.Namespace, readonly: bool) -> Any:
+    from voltd.spool import SpoolDB, SpoolError
+
+    config = _load(args.config)
+    path = config.spool.path
+    if not path.exists():
+        _fail(f"{path}: no spool yet (the daemon creates it on first start)", 1)
+    try:
+        return SpoolDB(path, readonly=readonly)
+    except SpoolError as exc:
+        _fail(str(exc), 1)
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    db = _spool_db(args, readonly=args.action != "replay")
+    try:
+        if args.action == "status":
+            status = db.status()
+            print(f"events stored: {db.event_count()}")
+            print(f"{'sink':<24} {'pending':>8} {'delivered':>10} {'dead':>6}")
+            for sink, counts in sorted(status.items()):
+                print(f"{sink:<24} {counts['pending']:>8} {counts['delivered']:>10} "
+                      f"{counts['dead']:>6}")
+        elif args.action == "dead":
+            rows = db.dead(args.sink)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            for row in rows if not args.json else []:
+                print(f"{row['sink']}  seq {row['seq']}  {row['id']}  attempts {row['attempts']}"
+                      f"  {row['error']}")
+            if not rows and not args.json:
+                print("no dead letters")
+        else:
+            n = db.replay(args.sink, args.seq or None)
+            print(f"{n} dead letter(s) queued again; a running daemon picks them up within seconds")
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voltd.demo import run_demo
+
+    return run_demo(Path(args.dir) if args.dir else None)
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voltd", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"voltd {__version__}")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("-c", "--config", required=required, help="path to config.toml")
+
+    sp = sub.add_parser("serve", help="run the daemon in the foreground")
+    with_config(sp)
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("check", help="validate the configuration and print a summary")
+    with_config(sp)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("route", help="dry run: which routes match an event and why")
+    with_config(sp)
+    sp.add_argument("event", help="a Volt envelope as JSON")
+    sp.set_defaults(func=cmd_route)
+
+    sp = sub.add_parser("send", help="sign an event as Volt would and POST it")
+    sp.add_argument("--url", required=True)
+    sp.add_argument("--key", required=True, help="PEM private key (from `voltd keygen`)")
+    sp.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    sp.add_argument("--cacert", help="trust this CA / self-signed certificate file")
+    sp.add_argument("--header", default="X-Respond-Flow-Signature")
+    sp.add_argument("--algorithm", default="rsa-pkcs1v15-sha256")
+    sp.add_argument("--encoding", default="base64", choices=["base64", "hex"])
+    sp.add_argument("--timeout", type=float, default=30.0)
+    sp.add_argument("event", help="a Volt envelope as JSON, sent byte for byte")
+    sp.set_defaults(func=cmd_send)
+
+    sp = sub.add_parser("keygen", help="make a local signing key pair for testing")
+    sp.add_argument("dir")
+    sp.set_defaults(func=cmd_keygen)
+
+    sp = sub.add_parser("demo", help="the whole pipeline locally, no setup")
+    sp.add_argument("--dir", help="work here instead of a new temporary directory")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("spool", help="inspect the spool, list and replay dead letters")
+    sp.add_argument("action", choices=["status", "dead", "replay"])
+    with_config(sp)
+    sp.add_argument("--sink", help="only this sink")
+    sp.add_argument("--seq", type=int, nargs="*", help="replay: only these event numbers")
+    sp.add_argument("--json", action="store_true", help="dead: print JSON")
+    sp.set_defaults(func=cmd_spool)
+
+    sp = sub.add_parser("register", help="register the webhook URL with Volt's GraphQL API")
+    sp.add_argument("--url", required=True, help="the public URL Volt should POST to")
+    sp.add_argument("--token-file", required=True, help="file holding the API token")
+    sp.add_argument("--api", default="https://api.respondflow.com/graphql")
+    sp.set_defaults(func=cmd_register)
+
+    sp = sub.add_parser("plugins", help="list sink types and where they came from")
+    with_config(sp, required=False)
+    sp.set_defaults(func=cmd_plugins)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

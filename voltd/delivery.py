@@ -1,0 +1,175 @@
+"""Delivery: one task per sink pulls its due deliveries from the spool and hands them to the
+sink, so a slow or dead sink never holds up another sink or ingest.
+
+Every attempt ends in an Outcome committed to the spool: delivered, retry at a later time
+(exponential backoff with jitter), or dead letter once `give_up_after` has passed since the
+event arrived (or at once on a PermanentError). A delivery that was in flight when the
+process died is simply still pending in the spool and is sent again: at-least-once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from voltd.sink import PermanentError, Sink, send_many
+from voltd.spool import Due, Outcome, Spool, SpoolError, State
+
+log = logging.getLogger("voltd.delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial: float = 2.0
+    max_delay: float = 3600.0
+    give_up_after: float = 86400.0
+
+    def delay(self, attempts: int, rng: random.Random | None = None) -> float:
+        """Delay before attempt `attempts + 1`: doubling from `initial`, capped, with jitter.
+
+        "Equal jitter" (half fixed, half random) keeps retries of one outage from arriving in
+        lockstep while never retrying much sooner than the schedule says.
+        """
+        exp = min(attempts - 1, 60)
+        base = min(self.max_delay, self.initial * math.pow(2, exp))
+        r = (rng or random).random()
+        return base / 2 + base / 2 * r
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    batch_size: int = 256
+    attempt_timeout: float = 60.0  # a sink call that takes longer counts as a retryable failure
+    idle_poll: float = 2.0  # also picks up `voltd spool replay` done by another process
+    record_retry_pause: float = 1.0
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:1000]
+
+
+class SinkWorker:
+    """Delivers to one sink until cancelled."""
+
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        spool: Spool,
+        policy: RetryPolicy,
+        options: DeliveryOptions | None = None,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.spool = spool
+        self.policy = policy
+        self.options = options or DeliveryOptions()
+        self.stopping = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        task_status.started()
+        opts = self.options
+        while not self.stopping:
+            wake = self.spool.wakeup(self.name)
+            try:
+                due = await self.spool.due(self.name, time.time(), opts.batch_size)
+            except SpoolError as exc:
+                log.error("sink %s: cannot read the spool: %s", self.name, exc)
+                await trio.sleep(opts.idle_poll)
+                continue
+            if not due:
+                timeout = opts.idle_poll
+                nxt = await self.spool.next_due_at(self.name)
+                if nxt is not None:
+                    timeout = min(timeout, max(0.0, nxt - time.time()))
+                with trio.move_on_after(timeout):
+                    await wake.wait()
+                continue
+            outcomes = await self.attempt(due)
+            await self._record(outcomes)
+
+    async def attempt(self, due: Sequence[Due]) -> list[Outcome]:
+        """Send a batch; fall back to one by one when the batch is refused permanently."""
+        events = [d.event for d in due]
+        try:
+            with trio.fail_after(self.options.attempt_timeout):
+                await send_many(self.sink, events)
+        except PermanentError as exc:
+            if len(due) > 1:
+                out: list[Outcome] = []
+                for d in due:
+                    out.extend(await self.attempt([d]))
+                return out
+            return [self._failed(due[0], exc, permanent=True)]
+        except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+            if isinstance(exc, trio.TooSlowError):
+                exc = TimeoutError(f"no answer within {self.options.attempt_timeout:g}s")
+            return [self._failed(d, exc, permanent=False) for d in due]
+        return [
+            Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1) for d in due
+        ]
+
+    def _failed(self, d: Due, exc: BaseException, *, permanent: bool) -> Outcome:
+        attempts = d.attempts + 1
+        now = time.time()
+        seq = d.event.seq or 0
+        err = _describe(exc)
+        if permanent or now - d.received_at >= self.policy.give_up_after:
+            log.error(
+                "sink %s: event %s is a dead letter after %d attempt(s): %s",
+                self.name, d.event.id, attempts, err,
+            )
+            return Outcome(self.name, seq, State.DEAD, attempts, now, err)
+        delay = self.policy.delay(attempts)
+        log.warning(
+            "sink %s: event %s attempt %d failed (%s); retry in %.1fs",
+            self.name, d.event.id, attempts, err, delay,
+        )
+        return Outcome(self.name, seq, State.PENDING, attempts, now + delay, err)
+
+    async def _record(self, outcomes: list[Outcome]) -> None:
+        """Commit outcomes; if the spool refuses, keep trying (the sends already happened)."""
+        while True:
+            try:
+                await self.spool.record(outcomes)
+                return
+            except SpoolError as exc:
+                log.error("sink %s: cannot record outcomes: %s", self.name, exc)
+                await trio.sleep(self.options.record_retry_pause)
+
+
+async def run_workers(
+    workers: Mapping[str, SinkWorker],
+    stop: trio.Event,
+    grace: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run every sink worker; after `stop`, let in-flight attempts finish for `grace` seconds.
+
+    Whatever is still in flight after that is cancelled and stays pending in the spool.
+    """
+    async with trio.open_nursery() as nursery:
+        for w in workers.values():
+            await nursery.start(w.run)
+        task_status.started()
+        await stop.wait()
+        for w in workers.values():
+            w.stopping = True
+            w.spool.wake(w.name)
+        nursery.cancel_scope.deadline = trio.current_time() + grace
+    for name, w in workers.items():
+        close = getattr(w.sink, "aclose", None)
+        if close is not None:
+            with trio.move_on_after(5):
+                try:
+                    await close()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("sink %s: aclose failed: %s", name, exc)

@@ -1,0 +1,227 @@
+"""`voltd demo`: the whole pipeline on loopback, with nothing to set up.
+
+It makes a throwaway signing key and TLS certificate, writes a config, starts the real
+daemon (the same `Daemon` that `voltd serve` runs) on free loopback ports, signs and sends
+the vendor's example payloads plus inbound/outbound variants over HTTPS, and shows what each
+request got and where each event landed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import trio
+
+from voltd.config import load
+from voltd.keys import generate_signing_pair, make_self_signed_cert
+from voltd.plugins import build_sinks, discover
+from voltd.server import Daemon
+from voltd.verify import Signer, load_private_key_file
+
+CONFIG = """\
+# Written by `voltd demo`. Start it yourself with: voltd serve -c {dir}/config.toml
+[server]
+bind = ["127.0.0.1:0"]        # port 0: any free port
+path = "/webhooks"
+certfile = "tls/cert.pem"
+keyfile = "tls/key.pem"
+
+[admin]
+bind = "127.0.0.1:0"
+
+[verify]
+public_keys = ["keys/volt_id_rsa.pub"]
+# The vendor's example payloads are from 2022; a real deployment keeps the default (7d).
+max_age = "0"
+
+[spool]
+path = "spool.db"
+
+[retry]
+initial = "200ms"
+max_delay = "5s"
+give_up_after = "1m"
+
+[numbers]
+front-desk = "+1 (555) 555-0123"
+sales = "+1 555 555 0145"
+
+[[routes]]
+name = "archive everything"
+sinks = ["archive"]
+
+[[routes]]
+name = "delivery failures"
+match = {{ status = ["failed"] }}
+sinks = ["failures"]
+final = true
+
+[[routes]]
+name = "front desk inbound"
+match = {{ number = ["front-desk"], event = ["message.received"] }}
+sinks = ["front-desk"]
+
+[[routes]]
+name = "sales outbound"
+match = {{ number = ["sales"], direction = ["outbound"] }}
+exclude = {{ status = ["failed"] }}
+sinks = ["sales"]
+
+[sinks.archive]
+type = "file"
+path = "out/archive/{{our_number}}/{{date}}.jsonl"
+
+[sinks.failures]
+type = "file"
+path = "out/failures.jsonl"
+
+[sinks.front-desk]
+type = "file"
+path = "out/front-desk/{{event}}.jsonl"
+
+[sinks.sales]
+type = "file"
+path = "out/sales/{{status}}.jsonl"
+"""
+
+
+@dataclass
+class Sent:
+    label: str
+    status: int
+    answer: str
+    event_id: str | None
+
+
+def _example(name: str) -> bytes:
+    return resources.files("voltd").joinpath("examples", name).read_bytes()
+
+
+def _variants(now: int) -> list[tuple[str, bytes]]:
+    """The vendor's two examples as-is, plus variants for the other directions and events."""
+    delivered = _example("finalized-delivered.json")
+    failed = _example("finalized-failed.json")
+    base = json.loads(delivered)
+
+    def variant(eid: str, **changes: object) -> bytes:
+        env = json.loads(json.dumps(base))
+        env["id"] = eid
+        env["time"] = now
+        env["payload"].update(changes)
+        return json.dumps(env).encode()
+
+    inbound = variant(
+        "rfw_demo_inbound_1",
+        id="rf_demo_in_1", direction="inbound", event_type="message.received",
+        status="received", from_number="+15555550199", to_number="+15555550123",
+        text="Hi! Is the front desk open on Sunday?", sent_at=None, completed_at=None,
+    )
+    sent = variant(
+        "rfw_demo_sent_1",
+        id="rf_demo_out_1", direction="outbound", event_type="message.sent",
+        status="sent", from_number="+15555550145", to_number="+15555550177",
+        text="Your order has shipped.", completed_at=None,
+    )
+    return [
+        ("vendor example: finalized, delivered (outbound)", delivered),
+        ("vendor example: finalized, failed (outbound)", failed),
+        ("inbound message to the front desk", inbound),
+        ("outbound message sent by sales", sent),
+    ]
+
+
+async def _drive(workdir: Path) -> list[Sent]:
+    config = load(workdir / "config.toml")
+    sinks = build_sinks(config, discover(config.plugin_dirs))
+    signer = Signer(load_private_key_file(workdir / "keys" / "volt_signing_key.pem"))
+    daemon = Daemon(config, sinks)
+    sent: list[Sent] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: daemon.run(handle_signals=False,
+                                                           task_status=task_status))
+        url = daemon.webhook_urls[0]
+        print(f"daemon listening on {url} (admin: {daemon.admin_urls[0]}/healthz)\n")
+        cert = str(workdir / "tls" / "cert.pem")
+        async with httpx.AsyncClient(verify=cert, timeout=10) as client:
+
+            async def post(label: str, body: bytes, signature: str | None) -> None:
+                headers = {"Content-Type": "application/json"}
+                if signature is not None:
+                    headers[config.verify.header] = signature
+                r = await client.post(url, content=body, headers=headers)
+                try:
+                    eid = json.loads(body).get("id")
+                except ValueError:
+                    eid = None
+                sent.append(Sent(label, r.status_code, r.text, eid))
+                print(f"  {r.status_code}  {label}\n       -> {r.text}")
+
+            print("sending:")
+            variants = _variants(int(time.time()))
+            (workdir / "events").mkdir(exist_ok=True)
+            for i, (label, body) in enumerate(variants, 1):
+                (workdir / "events" / f"event{i}.json").write_bytes(body)
+            for label, body in variants:
+                await post(label, body, signer.sign(body))
+            first = variants[0][1]
+            await post("the first event again (Volt retry)", first, signer.sign(first))
+            tampered = first.replace(b"delivered", b"DELIVERED")
+            await post("tampered body, original signature", tampered, signer.sign(first))
+            await post("no signature", variants[2][1], None)
+            await post("signed, but not JSON", b"hello", signer.sign(b"hello"))
+            await post("registration probe (unsigned {})", b"{}", None)
+
+        # Wait for every delivery to land.
+        assert daemon.ingest is not None
+        with trio.move_on_after(15):
+            while True:
+                status = await daemon.ingest.spool.status()
+                if all(c["pending"] == 0 for c in status.values()):
+                    break
+                await trio.sleep(0.05)
+        daemon.shutdown.set()
+    return sent
+
+
+def run_demo(directory: Path | None = None) -> int:
+    workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="voltd-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "config.toml").exists():
+        print(f"voltd demo: {workdir} already holds a demo; give an empty or new --dir")
+        return 1
+    print(f"voltd demo in {workdir}\n")
+    generate_signing_pair(workdir / "keys")
+    make_self_signed_cert(workdir / "tls")
+    (workdir / "config.toml").write_text(CONFIG.format(dir=workdir))
+    print("made a throwaway signing key pair (keys/), TLS certificate (tls/) and config.toml")
+
+    sent = trio.run(_drive, workdir)
+
+    print("\nwhere each event landed:")
+    out = workdir / "out"
+    landed: dict[str, list[str]] = {}
+    for path in sorted(out.rglob("*.jsonl")) if out.exists() else []:
+        for line in path.read_bytes().splitlines():
+            env = json.loads(line)
+            key = f"{env['id']} ({env['payload'].get('status')})"
+            landed.setdefault(key, []).append(str(path.relative_to(workdir)))
+    for key, paths in landed.items():
+        print(f"  {key}")
+        for p in paths:
+            print(f"      {p}")
+    ok = sum(1 for s in sent if s.status == 200)
+    print(
+        f"\n{ok} of {len(sent)} requests answered 200; {len(landed)} distinct events delivered."
+        f"\nEverything is in {workdir}: config.toml, events/, spool.db, out/."
+        f"\nTry: voltd check -c {workdir}/config.toml"
+        f"\n     voltd route -c {workdir}/config.toml {workdir}/events/event2.json"
+        f"\n     voltd spool status -c {workdir}/config.toml"
+    )
+    expected_ok = 6  # four events, one retry, one probe; the three bad requests are refused
+    return 0 if ok == expected_ok and len(landed) == 4 else 1

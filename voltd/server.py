@@ -1,0 +1,281 @@
+"""The daemon: HTTPS ingest, admin listener, spool writer and delivery tasks in one nursery.
+
+Per request, the order is fixed by what may be trusted when: size limit, signature over the
+raw bytes, then parse, replay window, route, durable spool commit — and only then `200`.
+
+Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight requests finish (their events are
+committed or answered 503), give in-flight deliveries a grace period, then stop the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from voltd import events as events_mod
+from voltd import systemd
+from voltd.config import Config
+from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
+from voltd.routing import Router
+from voltd.sink import Sink
+from voltd.spool import Spool, SpoolError
+from voltd.verify import Verifier, too_old
+
+log = logging.getLogger("voltd.server")
+
+JSON = "application/json"
+PURGE_EVERY = 600.0
+
+
+class _Throttle:
+    """At most `per_second` log lines per reason: a flood of bad requests must not flood logs."""
+
+    def __init__(self, per_second: int = 5) -> None:
+        self.per_second = per_second
+        self.window: dict[str, tuple[int, int]] = {}
+
+    def allow(self, reason: str) -> bool:
+        now = int(time.monotonic())
+        second, n = self.window.get(reason, (now, 0))
+        if second != now:
+            second, n = now, 0
+        self.window[reason] = (second, n + 1)
+        return n < self.per_second
+
+
+@dataclass
+class Ingest:
+    """Everything the webhook handler needs, passed explicitly."""
+
+    verifier: Verifier
+    header: str
+    max_age: float
+    router: Router
+    spool: Spool
+    answer_probes: bool
+    counters: Counter[str] = field(default_factory=Counter)
+    throttle: _Throttle = field(default_factory=_Throttle)
+
+    def _reject(self, status: int, reason: str, detail: str) -> Response:
+        self.counters[f"rejected_{reason}"] += 1
+        if self.throttle.allow(reason):
+            log.info("%d %s from %s: %s", status, reason, request.remote_addr, detail)
+        body = json.dumps({"ok": False, "error": detail}).encode()
+        return Response(body, status=status, content_type=JSON)
+
+    def _probe(self, kind: str | None, signed: bool) -> Response:
+        self.counters["probes"] += 1
+        log.info(
+            "%s probe (type %r) from %s answered 200, not stored",
+            "signed" if signed else "unsigned", kind, request.remote_addr,
+        )
+        return Response(b'{"ok": true, "probe": true}', status=200, content_type=JSON)
+
+    async def handle(self) -> Response:
+        body = await request.get_data(cache=False)  # 413 above max_body_bytes
+        signature = request.headers.get(self.header)
+        if signature is None:
+            if self.answer_probes:
+                try:
+                    parsed = events_mod.parse(body)
+                except events_mod.EnvelopeError:
+                    parsed = events_mod.Probe(None)
+                if isinstance(parsed, events_mod.Probe):
+                    return self._probe(parsed.type, signed=False)
+            return self._reject(401, "unsigned", f"missing {self.header} header")
+        if not self.verifier.verify(body, signature):
+            return self._reject(401, "signature", "signature does not verify")
+        try:
+            parsed = events_mod.parse(body)
+        except events_mod.EnvelopeError as exc:
+            return self._reject(400, "malformed", str(exc))
+        if isinstance(parsed, events_mod.Probe):
+            return self._probe(parsed.type, signed=True)
+        event = parsed
+        if too_old(event.time, self.max_age, time.time()):
+            return self._reject(401, "too_old", "envelope time is outside the accepted window")
+        sinks = self.router.route(event)
+        try:
+            stored = await self.spool.store(event, sinks)
+        except SpoolError as exc:
+            self.counters["spool_errors"] += 1
+            body = json.dumps({"ok": False, "error": f"cannot store: {exc}"}).encode()
+            return Response(body, status=503, content_type=JSON)
+        if stored.duplicate:
+            self.counters["duplicates"] += 1
+            log.debug("duplicate %s, not routed again", event.id)
+            out = {"ok": True, "id": event.id, "duplicate": True}
+        else:
+            self.counters["accepted"] += 1
+            if not sinks:
+                log.info("event %s matched no route and there is no [defaults] unmatched", event.id)
+            out = {"ok": True, "id": event.id}
+        return Response(json.dumps(out).encode(), status=200, content_type=JSON)
+
+
+def make_webhook_app(ingest: Ingest, path: str, max_body_bytes: int) -> QuartTrio:
+    app = QuartTrio("voltd")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.add_url_rule(path, "webhook", ingest.handle, methods=["POST"])
+    return app
+
+
+def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) -> QuartTrio:
+    app = QuartTrio("voltd-admin")
+
+    async def healthz() -> Response:
+        problems = []
+        if not serving():
+            problems.append("not serving")
+        try:
+            with trio.fail_after(5):
+                await spool.check_writable()
+        except (SpoolError, trio.TooSlowError) as exc:
+            problems.append(f"spool: {exc or 'commit took longer than 5s'}")
+        body = {"ok": not problems, "problems": problems, "counters": dict(ingest.counters)}
+        return Response(json.dumps(body).encode(), status=503 if problems else 200,
+                        content_type=JSON)
+
+    app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+    return app
+
+
+def _hypercorn_config(binds: list[str], certfile: Any = None, keyfile: Any = None) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = binds
+    if certfile is not None:
+        hc.certfile = str(certfile)
+        hc.keyfile = str(keyfile)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("voltd.http")
+    hc.include_server_header = False
+    hc.graceful_timeout = 15.0
+    return hc
+
+
+async def _signals(shutdown: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.warning("SIGHUP: configuration reload is not supported yet; ignoring")
+                continue
+            log.info("%s: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def _announce_stopping(shutdown: trio.Event) -> None:
+    await shutdown.wait()
+    systemd.notify("STOPPING=1")
+
+
+async def _purge_loop(spool: Spool, retention: float) -> None:
+    while True:
+        try:
+            n = await spool.purge(time.time() - retention)
+            if n:
+                log.info("purged %d delivered events older than the retention", n)
+        except SpoolError as exc:
+            log.error("%s", exc)
+        await trio.sleep(PURGE_EVERY)
+
+
+@dataclass
+class Daemon:
+    """A configured daemon; `run` serves until `shutdown` is set or a signal arrives."""
+
+    config: Config
+    sinks: Mapping[str, Sink]
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
+    delivery_grace: float = 10.0
+    webhook_urls: list[str] = field(default_factory=list)
+    admin_urls: list[str] = field(default_factory=list)
+    ingest: Ingest | None = None
+
+    async def run(
+        self, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
+        cfg = self.config
+        spool = Spool(cfg.spool.path)
+        try:
+            await self._run(spool, handle_signals, task_status)
+        finally:
+            spool.close()
+
+    async def _run(self, spool: Spool, handle_signals: bool, task_status) -> None:
+        cfg = self.config
+        verifier = Verifier(cfg.verify.keys, cfg.verify.algorithm, cfg.verify.encoding)
+        ingest = Ingest(
+            verifier=verifier,
+            header=cfg.verify.header,
+            max_age=cfg.verify.max_age,
+            router=Router.from_config(cfg),
+            spool=spool,
+            answer_probes=cfg.server.answer_probes,
+        )
+        self.ingest = ingest
+        policy = RetryPolicy(cfg.retry.initial, cfg.retry.max_delay, cfg.retry.give_up_after)
+        workers = {
+            name: SinkWorker(name, sink, spool, policy, self.delivery)
+            for name, sink in self.sinks.items()
+        }
+        serving = False
+        async with trio.open_nursery() as core:
+            await core.start(spool.writer)
+            if handle_signals:
+                await core.start(_signals, self.shutdown)
+            core.start_soon(_purge_loop, spool, cfg.spool.retention)
+            stop_delivery = trio.Event()
+            async with trio.open_nursery() as delivery:
+                await delivery.start(
+                    partial(run_workers, workers, stop_delivery, self.delivery_grace)
+                )
+                async with trio.open_nursery() as http:
+                    http.start_soon(_announce_stopping, self.shutdown)
+                    app = make_webhook_app(ingest, cfg.server.path, cfg.server.max_body_bytes)
+                    hc = _hypercorn_config(
+                        [str(b) for b in cfg.server.bind], cfg.server.certfile, cfg.server.keyfile
+                    )
+                    trigger: Callable[[], Awaitable[Any]] = self.shutdown.wait
+                    binds = await http.start(
+                        partial(hypercorn_serve, app, hc, shutdown_trigger=trigger)
+                    )
+                    self.webhook_urls = [b + cfg.server.path for b in binds]
+                    if cfg.admin.bind is not None:
+                        admin = make_admin_app(spool, ingest, lambda: serving)
+                        self.admin_urls = await http.start(
+                            partial(
+                                hypercorn_serve,
+                                admin,
+                                _hypercorn_config([str(cfg.admin.bind)]),
+                                shutdown_trigger=trigger,
+                            )
+                        )
+                    serving = True
+                    for url in self.webhook_urls:
+                        log.info("serving webhooks on %s", url)
+                    for url in self.admin_urls:
+                        log.info("admin (healthz) on %s", url)
+                    systemd.notify("READY=1")
+                    task_status.started(self)
+                serving = False
+                log.info("listeners closed; letting in-flight deliveries finish")
+                stop_delivery.set()
+            core.cancel_scope.cancel()
+        log.info("stopped")

@@ -1,0 +1,450 @@
+"""The durable spool: every accepted event and one delivery row per target sink, in SQLite.
+
+Two layers:
+
+- `SpoolDB` is plain synchronous SQLite. The daemon uses it only from worker threads (two
+  connections, each behind its own one-slot limiter); the `voltd spool` commands use it
+  directly.
+- `Spool` is the trio face of it. All writes go through one writer task that takes whatever
+  is queued — new events from many concurrent requests *and* delivery outcomes — and commits
+  them in one transaction, so one fsync acknowledges many requests (group commit).
+
+An event's `200` is only sent after the transaction holding it and its delivery rows has
+committed with `synchronous=FULL`, so an acknowledged event survives `kill -9` and power loss.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from voltd.events import Event, from_spool
+
+log = logging.getLogger("voltd.spool")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    envelope_id TEXT NOT NULL,
+    digest BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (envelope_id, digest)
+);
+CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    sink TEXT NOT NULL,
+    event_seq INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (sink, event_seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_at, event_seq)
+    WHERE state = 0;
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_seq);
+"""
+
+
+class State(IntEnum):
+    PENDING = 0
+    DELIVERED = 1
+    DEAD = 2
+
+
+class SpoolError(Exception):
+    """The spool could not commit (disk full, I/O error, locked): answer 503, keep running."""
+
+
+class SpoolLocked(SpoolError):
+    """Another voltd process already serves this spool file."""
+
+
+@dataclass(slots=True)
+class Due:
+    """A delivery ready to be attempted."""
+
+    event: Event
+    attempts: int
+    received_at: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What happened to one delivery attempt."""
+
+    sink: str
+    seq: int
+    state: State
+    attempts: int
+    next_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Stored:
+    """The spool's answer for one event: its row number, or that it was a duplicate."""
+
+    seq: int | None
+    duplicate: bool
+
+
+@dataclass(slots=True)
+class _Ingest:
+    event: Event
+    sinks: Sequence[str]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Stored | SpoolError | None = None
+
+
+@dataclass(slots=True)
+class _Record:
+    outcomes: Sequence[Outcome]
+    done: trio.Event = field(default_factory=trio.Event)
+    error: SpoolError | None = None
+
+
+class SpoolDB:
+    """Synchronous access to the spool file. Not thread-safe: callers serialize."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        try:
+            if not readonly:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self.conn.execute("PRAGMA busy_timeout = 10000")
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = FULL")
+                self.conn.executescript(_SCHEMA)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        except sqlite3.Error as exc:
+            raise SpoolError(f"{path}: cannot open the spool: {exc}") from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def apply(self, ingests: Sequence[_Ingest], records: Sequence[_Record]) -> list[Stored]:
+        """One transaction for a whole group of new events and delivery outcomes."""
+        c = self.conn
+        now = time.time()
+        results: list[Stored] = []
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for item in ingests:
+                    results.append(self._insert(item.event, item.sinks, now))
+                for rec in records:
+                    self._record(rec.outcomes, now)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool commit failed: {exc}") from exc
+        return results
+
+    def _insert(self, event: Event, sinks: Sequence[str], now: float) -> Stored:
+        c = self.conn
+        digest = event.digest
+        rows = c.execute(
+            "SELECT seq, digest FROM events WHERE envelope_id = ?", (event.id,)
+        ).fetchall()
+        for seq, other in rows:
+            if other == digest:
+                return Stored(seq=seq, duplicate=True)
+        if rows:
+            log.warning(
+                "envelope id %s seen before with different content; stored as a new event",
+                event.id,
+            )
+        cur = c.execute(
+            "INSERT INTO events (envelope_id, digest, received_at, body) VALUES (?, ?, ?, ?)",
+            (event.id, digest, now, event.raw),
+        )
+        seq = cur.lastrowid
+        assert seq is not None
+        if sinks:
+            c.executemany(
+                "INSERT INTO deliveries (sink, event_seq, state, attempts, next_at, updated_at)"
+                " VALUES (?, ?, 0, 0, ?, ?)",
+                [(s, seq, now, now) for s in sinks],
+            )
+        return Stored(seq=seq, duplicate=False)
+
+    def _record(self, outcomes: Iterable[Outcome], now: float) -> None:
+        self.conn.executemany(
+            "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, last_error = ?,"
+            " updated_at = ? WHERE sink = ? AND event_seq = ?",
+            [
+                (int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq)
+                for o in outcomes
+            ],
+        )
+
+    def store_one(self, event: Event, sinks: Sequence[str]) -> Stored:
+        """Insert a single event in its own transaction (tools and tests)."""
+        return self.apply([_Ingest(event, sinks)], [])[0]
+
+    def check_writable(self) -> None:
+        """Prove that a commit goes through right now (for /healthz)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('health', ?)",
+                (repr(time.time()),),
+            )
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise SpoolError(f"spool is not writable: {exc}") from exc
+
+    def purge(self, older_than: float, limit: int = 5000) -> int:
+        """Forget events past retention whose every delivery succeeded (dead letters stay)."""
+        c = self.conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            seqs = [
+                r[0]
+                for r in c.execute(
+                    "SELECT seq FROM events e WHERE received_at < ? AND NOT EXISTS ("
+                    " SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state != 1)"
+                    " LIMIT ?",
+                    (older_than, limit),
+                )
+            ]
+            c.executemany("DELETE FROM deliveries WHERE event_seq = ?", [(s,) for s in seqs])
+            c.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+            c.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise SpoolError(f"spool purge failed: {exc}") from exc
+        return len(seqs)
+
+    def replay(self, sink: str | None = None, seqs: Sequence[int] | None = None) -> int:
+        """Turn dead letters back into pending deliveries, due now."""
+        sql = "UPDATE deliveries SET state = 0, attempts = 0, next_at = ?, updated_at = ?"
+        sql += " WHERE state = 2"
+        now = time.time()
+        args: list[Any] = [now, now]
+        if sink is not None:
+            sql += " AND sink = ?"
+            args.append(sink)
+        if seqs:
+            sql += f" AND event_seq IN ({','.join('?' * len(seqs))})"
+            args.extend(seqs)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            n = self.conn.execute(sql, args).rowcount
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise SpoolError(f"replay failed: {exc}") from exc
+        return n
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def due(self, sink: str, now: float, limit: int) -> list[Due]:
+        rows = self.conn.execute(
+            "SELECT d.event_seq, d.attempts, e.envelope_id, e.body, e.received_at"
+            " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+            " WHERE d.sink = ? AND d.state = 0 AND d.next_at <= ?"
+            " ORDER BY d.next_at, d.event_seq LIMIT ?",
+            (sink, now, limit),
+        ).fetchall()
+        out = []
+        for seq, attempts, eid, body, received_at in rows:
+            out.append(Due(from_spool(seq, eid, bytes(body)), attempts, received_at))
+        return out
+
+    def next_due_at(self, sink: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT MIN(next_at) FROM deliveries WHERE sink = ? AND state = 0", (sink,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """Deliveries per sink and state, for `voltd spool status` and health."""
+        out: dict[str, dict[str, int]] = {}
+        for sink, state, n in self.conn.execute(
+            "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state"
+        ):
+            out.setdefault(sink, {s.name.lower(): 0 for s in State})[State(state).name.lower()] = n
+        return out
+
+    def event_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def dead(self, sink: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT d.sink, d.event_seq, e.envelope_id, d.attempts, d.updated_at, d.last_error"
+            " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.state = 2"
+        )
+        args: list[Any] = []
+        if sink is not None:
+            sql += " AND d.sink = ?"
+            args.append(sink)
+        sql += " ORDER BY d.updated_at LIMIT ?"
+        args.append(limit)
+        keys = ("sink", "seq", "id", "attempts", "failed_at", "error")
+        return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, args)]
+
+
+class _ProcessLock:
+    """One daemon per spool file: a second `voltd serve` on it would double-deliver."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise SpoolLocked(
+                f"{path}: another voltd process is using this spool (lock {self.path})"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Spool:
+    """The trio face of the spool. Run `writer` in the daemon's nursery before ingesting."""
+
+    def __init__(self, path: Path, *, max_batch: int = 512, queue_size: int = 4096) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _ProcessLock(path)
+        try:
+            self._wdb = SpoolDB(path)
+            self._rdb = SpoolDB(path)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._wlimit = trio.CapacityLimiter(1)
+        self._rlimit = trio.CapacityLimiter(1)
+        self._max_batch = max_batch
+        self._send, self._recv = trio.open_memory_channel[_Ingest | _Record](queue_size)
+        self._listeners: dict[str, list[trio.Event]] = {}
+        self.path = path
+
+    def close(self) -> None:
+        self._wdb.close()
+        self._rdb.close()
+        self._lock.release()
+
+    # -- write side: group commit ----------------------------------------------------------
+
+    async def store(self, event: Event, sinks: Sequence[str]) -> Stored:
+        """Queue the event for the next group commit and wait until it is durable."""
+        item = _Ingest(event, sinks)
+        await self._send.send(item)
+        await item.done.wait()
+        if isinstance(item.result, SpoolError):
+            raise item.result
+        assert item.result is not None
+        return item.result
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        """Commit delivery outcomes, sharing the transaction with concurrent ingest."""
+        if not outcomes:
+            return
+        rec = _Record(outcomes)
+        await self._send.send(rec)
+        await rec.done.wait()
+        if rec.error is not None:
+            raise rec.error
+
+    async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        """The one task that writes: drains everything queued, commits it as one batch."""
+        task_status.started()
+        recv = self._recv
+        while True:
+            first = await recv.receive()
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            ingests = [b for b in batch if isinstance(b, _Ingest)]
+            records = [b for b in batch if isinstance(b, _Record)]
+            try:
+                results = await trio.to_thread.run_sync(
+                    self._wdb.apply, ingests, records, limiter=self._wlimit
+                )
+            except SpoolError as exc:
+                log.error("%s (%d events answered 503)", exc, len(ingests))
+                for item in ingests:
+                    item.result = exc
+                for rec in records:
+                    rec.error = exc
+            else:
+                woken: set[str] = set()
+                for item, res in zip(ingests, results, strict=True):
+                    item.result = res
+                    if not res.duplicate:
+                        woken.update(item.sinks)
+                for sink in woken:
+                    self.wake(sink)
+            for b in batch:
+                b.done.set()
+
+    async def check_writable(self) -> None:
+        await trio.to_thread.run_sync(self._wdb.check_writable, limiter=self._wlimit)
+
+    async def purge(self, older_than: float) -> int:
+        return await trio.to_thread.run_sync(self._wdb.purge, older_than, limiter=self._wlimit)
+
+    # -- read side -------------------------------------------------------------------------
+
+    async def due(self, sink: str, now: float, limit: int) -> list[Due]:
+        return await trio.to_thread.run_sync(
+            self._rdb.due, sink, now, limit, limiter=self._rlimit
+        )
+
+    async def next_due_at(self, sink: str) -> float | None:
+        return await trio.to_thread.run_sync(self._rdb.next_due_at, sink, limiter=self._rlimit)
+
+    async def status(self) -> dict[str, dict[str, int]]:
+        return await trio.to_thread.run_sync(self._rdb.status, limiter=self._rlimit)
+
+    # -- wake-ups for delivery tasks -------------------------------------------------------
+
+    def wakeup(self, sink: str) -> trio.Event:
+        """An event that is set the next time new deliveries for `sink` commit."""
+        ev = trio.Event()
+        self._listeners.setdefault(sink, []).append(ev)
+        return ev
+
+    def wake(self, sink: str) -> None:
+        for ev in self._listeners.pop(sink, ()):
+            ev.set()
