@@ -17,12 +17,12 @@
 -- is supported: the request order and the counters live in that thread's Lua state.
 
 local requests = {}
-local n = 0
 local i = 0
 local verified = false
 
 -- Per-thread counters, read by done() through thread:get (numbers and strings only: wrk's
 -- table copy between Lua states is not safe to rely on).
+n = 0
 sent = 0
 ok = 0
 non2xx = 0
@@ -103,6 +103,21 @@ function response(status, headers, body)
    end
 end
 
+-- Wall clock at the end of the load, so that run.py can time voltd's backlog drain from the
+-- moment the last request finished rather than from wrk's exit (the histogram dump takes time).
+-- Needs LuaJIT's FFI (Debian's wrk has it); without it run.py falls back to wrk's exit time.
+local function wall_clock_us()
+   local ok_ffi, ffi = pcall(require, "ffi")
+   if not ok_ffi then return nil end
+   pcall(ffi.cdef, [[
+      typedef struct { long tv_sec; long tv_usec; } bench_timeval;
+      int gettimeofday(bench_timeval *tv, void *tz);
+   ]])
+   local tv = ffi.new("bench_timeval")
+   if ffi.C.gettimeofday(tv, nil) ~= 0 then return nil end
+   return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
+end
+
 local function json_string(s)
    s = s:gsub('[%c"\\]', function(c)
       if c == '"' then return '\\"' end
@@ -130,7 +145,8 @@ local function dump_histogram(latency, out_path)
 end
 
 function done(summary, latency, reqs)
-   local t_sent, t_ok, t_non2xx, t_cycles = 0, 0, 0, 0
+   local end_us = wall_clock_us()
+   local t_sent, t_ok, t_non2xx, t_cycles, t_events = 0, 0, 0, 0, 0
    local codes = {}
    local first = nil
    for _, t in ipairs(threads) do
@@ -138,6 +154,7 @@ function done(summary, latency, reqs)
       t_ok = t_ok + t:get("ok")
       t_non2xx = t_non2xx + t:get("non2xx")
       t_cycles = t_cycles + t:get("cycles")
+      t_events = t_events + t:get("n")
       for code in string.gmatch(t:get("seen_codes"), "(%d+),") do
          codes[#codes + 1] = json_string(code) .. ": " .. t:get("status_" .. code)
       end
@@ -157,7 +174,8 @@ function done(summary, latency, reqs)
       '"ok": ' .. t_ok,
       '"non2xx": ' .. t_non2xx,
       '"cycles": ' .. t_cycles,
-      '"events": ' .. n,
+      '"events": ' .. t_events,
+      '"load_end_unix_us": ' .. (end_us and string.format("%d", end_us) or "null"),
       '"status_codes": {' .. table.concat(codes, ", ") .. '}',
       '"first_error": ' .. (first and json_string(first) or "null"),
       string.format(

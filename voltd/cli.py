@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -84,7 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(daemon.run)
     except SpoolError as exc:
         _fail(str(exc), 1)
-    except BaseException as exc:  # noqa: BLE001 - turn bind errors into one clear line
+    except BaseException as exc:
         os_error = _find_os_error(exc)
         if os_error is None or isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
@@ -121,13 +122,14 @@ def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    config, registry, sinks = _load_with_sinks(args.config)
+    config, registry, _sinks = _load_with_sinks(args.config)
     s = config.server
     scheme = "https" if s.certfile else "http"
     out = [f"{config.source_name}: OK"]
     for b in s.bind:
         out.append(f"listen:   {scheme}://{b}{s.path} (max body {s.max_body_bytes} bytes)")
-    out.append(f"admin:    {'http://' + str(config.admin.bind) + '/healthz' if config.admin.bind else 'off'}")
+    admin = f"http://{config.admin.bind}/healthz" if config.admin.bind else "off"
+    out.append(f"admin:    {admin}")
     v = config.verify
     out.append(
         f"verify:   {len(v.keys)} key(s) ({', '.join(p.name for p in v.public_keys)}), "
@@ -165,8 +167,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _spec_items(spec: Any) -> dict[str, list[str]] | None:
     if spec is None:
         return None
-    data = spec.model_dump(by_alias=True) if hasattr(spec, "model_dump") else dict(vars(spec))
-    return {k: [str(x) for x in v] for k, v in data.items() if v}
+    return {k: list(v) for k, v in spec.written.items() if v}
 
 
 def _read_event(path: str) -> tuple[bytes, Any]:
@@ -189,8 +190,10 @@ def cmd_route(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _, event = _read_event(args.event)
     if isinstance(event, Probe):
-        print(f"{args.event}: envelope type {event.type!r} is not 'messaging': answered as a "
-              "probe, never routed")
+        print(
+            f"{args.event}: envelope type {event.type!r} is not 'messaging': answered as a "
+            "probe, never routed"
+        )
         return 0
     print(Router.from_config(config).explain(event).render())
     return 0
@@ -240,7 +243,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     except KeyLoadError as exc:
         _fail(f"{args.key}: {exc}")
     signature = Signer(key, args.algorithm, args.encoding).sign(raw)
-    verify: bool | str = False if args.insecure else (args.cacert or True)
+    verify: bool | ssl.SSLContext = True
+    if args.insecure:
+        verify = False
+    elif args.cacert:
+        verify = ssl.create_default_context(cafile=args.cacert)
     headers = {args.header: signature, "Content-Type": "application/json"}
     try:
         with httpx.Client(verify=verify, timeout=args.timeout) as client:
@@ -306,15 +313,19 @@ def cmd_spool(args: argparse.Namespace) -> int:
             print(f"events stored: {db.event_count()}")
             print(f"{'sink':<24} {'pending':>8} {'delivered':>10} {'dead':>6}")
             for sink, counts in sorted(status.items()):
-                print(f"{sink:<24} {counts['pending']:>8} {counts['delivered']:>10} "
-                      f"{counts['dead']:>6}")
+                print(
+                    f"{sink:<24} {counts['pending']:>8} {counts['delivered']:>10} "
+                    f"{counts['dead']:>6}"
+                )
         elif args.action == "dead":
             rows = db.dead(args.sink)
             if args.json:
                 print(json.dumps(rows, indent=2))
             for row in rows if not args.json else []:
-                print(f"{row['sink']}  seq {row['seq']}  {row['id']}  attempts {row['attempts']}"
-                      f"  {row['error']}")
+                print(
+                    f"{row['sink']}  seq {row['seq']}  {row['id']}  attempts {row['attempts']}"
+                    f"  {row['error']}"
+                )
             if not rows and not args.json:
                 print("no dead letters")
         else:

@@ -108,13 +108,11 @@ class SinkWorker:
                     out.extend(await self.attempt([d]))
                 return out
             return [self._failed(due[0], exc, permanent=True)]
-        except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+        except Exception as exc:
             if isinstance(exc, trio.TooSlowError):
                 exc = TimeoutError(f"no answer within {self.options.attempt_timeout:g}s")
             return [self._failed(d, exc, permanent=False) for d in due]
-        return [
-            Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1) for d in due
-        ]
+        return [Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1) for d in due]
 
     def _failed(self, d: Due, exc: BaseException, *, permanent: bool) -> Outcome:
         attempts = d.attempts + 1
@@ -124,13 +122,20 @@ class SinkWorker:
         if permanent or now - d.received_at >= self.policy.give_up_after:
             log.error(
                 "sink %s: event %s is a dead letter after %d attempt(s): %s",
-                self.name, d.event.id, attempts, err,
+                self.name,
+                d.event.id,
+                attempts,
+                err,
             )
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
         delay = self.policy.delay(attempts)
         log.warning(
             "sink %s: event %s attempt %d failed (%s); retry in %.1fs",
-            self.name, d.event.id, attempts, err, delay,
+            self.name,
+            d.event.id,
+            attempts,
+            err,
+            delay,
         )
         return Outcome(self.name, seq, State.PENDING, attempts, now + delay, err)
 
@@ -171,5 +176,5 @@ async def run_workers(
             with trio.move_on_after(5):
                 try:
                     await close()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.warning("sink %s: aclose failed: %s", name, exc)

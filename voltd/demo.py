@@ -9,6 +9,8 @@ request got and where each event landed.
 from __future__ import annotations
 
 import json
+import logging
+import ssl
 import tempfile
 import time
 from dataclasses import dataclass
@@ -118,15 +120,26 @@ def _variants(now: int) -> list[tuple[str, bytes]]:
 
     inbound = variant(
         "rfw_demo_inbound_1",
-        id="rf_demo_in_1", direction="inbound", event_type="message.received",
-        status="received", from_number="+15555550199", to_number="+15555550123",
-        text="Hi! Is the front desk open on Sunday?", sent_at=None, completed_at=None,
+        id="rf_demo_in_1",
+        direction="inbound",
+        event_type="message.received",
+        status="received",
+        from_number="+15555550199",
+        to_number="+15555550123",
+        text="Hi! Is the front desk open on Sunday?",
+        sent_at=None,
+        completed_at=None,
     )
     sent = variant(
         "rfw_demo_sent_1",
-        id="rf_demo_out_1", direction="outbound", event_type="message.sent",
-        status="sent", from_number="+15555550145", to_number="+15555550177",
-        text="Your order has shipped.", completed_at=None,
+        id="rf_demo_out_1",
+        direction="outbound",
+        event_type="message.sent",
+        status="sent",
+        from_number="+15555550145",
+        to_number="+15555550177",
+        text="Your order has shipped.",
+        completed_at=None,
     )
     return [
         ("vendor example: finalized, delivered (outbound)", delivered),
@@ -143,12 +156,13 @@ async def _drive(workdir: Path) -> list[Sent]:
     daemon = Daemon(config, sinks)
     sent: list[Sent] = []
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: daemon.run(handle_signals=False,
-                                                           task_status=task_status))
+        await nursery.start(
+            lambda task_status: daemon.run(handle_signals=False, task_status=task_status)
+        )
         url = daemon.webhook_urls[0]
         print(f"daemon listening on {url} (admin: {daemon.admin_urls[0]}/healthz)\n")
-        cert = str(workdir / "tls" / "cert.pem")
-        async with httpx.AsyncClient(verify=cert, timeout=10) as client:
+        tls = ssl.create_default_context(cafile=str(workdir / "tls" / "cert.pem"))
+        async with httpx.AsyncClient(verify=tls, timeout=10) as client:
 
             async def post(label: str, body: bytes, signature: str | None) -> None:
                 headers = {"Content-Type": "application/json"}
@@ -165,7 +179,7 @@ async def _drive(workdir: Path) -> list[Sent]:
             print("sending:")
             variants = _variants(int(time.time()))
             (workdir / "events").mkdir(exist_ok=True)
-            for i, (label, body) in enumerate(variants, 1):
+            for i, (_label, body) in enumerate(variants, 1):
                 (workdir / "events" / f"event{i}.json").write_bytes(body)
             for label, body in variants:
                 await post(label, body, signer.sign(body))
@@ -195,6 +209,9 @@ def run_demo(directory: Path | None = None) -> int:
     if (workdir / "config.toml").exists():
         print(f"voltd demo: {workdir} already holds a demo; give an empty or new --dir")
         return 1
+    # The demo narrates each step itself; the daemon's own log lines would only repeat it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("voltd").setLevel(logging.WARNING)
     print(f"voltd demo in {workdir}\n")
     generate_signing_pair(workdir / "keys")
     make_self_signed_cert(workdir / "tls")

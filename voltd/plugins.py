@@ -124,12 +124,12 @@ def discover(plugin_dirs: Iterable[Path] = ()) -> Registry:
             continue
         try:
             module = load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+        except Exception as exc:
             reg.problems.append(Problem(origin, f"failed to import: {_short_error(exc)}"))
             continue
         try:
             pm.register(module, name=origin.plugin)
-        except Exception as exc:  # noqa: BLE001 - bad hook signatures etc.
+        except Exception as exc:
             reg.problems.append(Problem(origin, f"is not a valid voltd plugin: {exc}"))
             continue
         reg.origins[origin.plugin] = origin
@@ -144,10 +144,11 @@ def discover(plugin_dirs: Iterable[Path] = ()) -> Registry:
 
         try:
             impl.function(register=register)
-        except Exception as exc:  # noqa: BLE001 - a broken hook must not take others down
+        except Exception as exc:
             reg.problems.append(
-                Problem(origin, f"register_sink_types failed: {_short_error(exc)}",
-                        tuple(registered))
+                Problem(
+                    origin, f"register_sink_types failed: {_short_error(exc)}", tuple(registered)
+                )
             )
     return reg
 
@@ -184,8 +185,7 @@ def _register_sink_type(reg: Registry, name: str, cls: type, origin: Origin) -> 
     options = getattr(cls, "Options", None)
     if not (isinstance(options, type) and issubclass(options, pydantic.BaseModel)):
         reg.problems.append(
-            Problem(origin, f"sink type {name!r}: class needs an `Options` pydantic model",
-                    (name,))
+            Problem(origin, f"sink type {name!r}: class needs an `Options` pydantic model", (name,))
         )
         return
     if not callable(getattr(cls, "send", None)):
@@ -230,7 +230,7 @@ def build_sinks(config: Any, registry: Registry) -> dict[str, Sink]:
             sinks[name] = info.cls(options, SinkContext(name, config.source.parent))
         except (ValueError, OSError) as exc:
             problems.append(f"{src}: {key}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a plugin bug must not become a traceback
+        except Exception as exc:
             problems.append(f"{src}: {key}: sink {sc.type!r} failed to start: {_short_error(exc)}")
     if problems:
         raise ConfigError(problems)

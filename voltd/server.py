@@ -80,7 +80,9 @@ class Ingest:
         self.counters["probes"] += 1
         log.info(
             "%s probe (type %r) from %s answered 200, not stored",
-            "signed" if signed else "unsigned", kind, request.remote_addr,
+            "signed" if signed else "unsigned",
+            kind,
+            request.remote_addr,
         )
         return Response(b'{"ok": true, "probe": true}', status=200, content_type=JSON)
 
@@ -147,14 +149,17 @@ def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) ->
         except (SpoolError, trio.TooSlowError) as exc:
             problems.append(f"spool: {exc or 'commit took longer than 5s'}")
         body = {"ok": not problems, "problems": problems, "counters": dict(ingest.counters)}
-        return Response(json.dumps(body).encode(), status=503 if problems else 200,
-                        content_type=JSON)
+        return Response(
+            json.dumps(body).encode(), status=503 if problems else 200, content_type=JSON
+        )
 
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
     return app
 
 
-def _hypercorn_config(binds: list[str], certfile: Any = None, keyfile: Any = None) -> HypercornConfig:
+def _hypercorn_config(
+    binds: list[str], certfile: Any = None, keyfile: Any = None
+) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = binds
     if certfile is not None:
@@ -163,7 +168,13 @@ def _hypercorn_config(binds: list[str], certfile: Any = None, keyfile: Any = Non
     hc.accesslog = None
     hc.errorlog = logging.getLogger("voltd.http")
     hc.include_server_header = False
-    hc.graceful_timeout = 15.0
+    # Hypercorn's trio worker (0.17/0.18) does not close idle keep-alive connections when
+    # shutting down, so `graceful_timeout` (a hard limit) is what ends them: keep it short.
+    # Our requests only ever wait for a spool commit, and a request cut off here got no 200,
+    # so Volt sends it again. For the same reason idle connections never hit
+    # `keep_alive_timeout`; `read_timeout` bounds them instead.
+    hc.graceful_timeout = 3.0
+    hc.read_timeout = 120
     return hc
 
 

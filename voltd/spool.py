@@ -200,10 +200,7 @@ class SpoolDB:
         self.conn.executemany(
             "UPDATE deliveries SET state = ?, attempts = ?, next_at = ?, last_error = ?,"
             " updated_at = ? WHERE sink = ? AND event_seq = ?",
-            [
-                (int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq)
-                for o in outcomes
-            ],
+            [(int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq) for o in outcomes],
         )
 
     def store_one(self, event: Event, sinks: Sequence[str]) -> Stored:
@@ -427,9 +424,7 @@ class Spool:
     # -- read side -------------------------------------------------------------------------
 
     async def due(self, sink: str, now: float, limit: int) -> list[Due]:
-        return await trio.to_thread.run_sync(
-            self._rdb.due, sink, now, limit, limiter=self._rlimit
-        )
+        return await trio.to_thread.run_sync(self._rdb.due, sink, now, limit, limiter=self._rlimit)
 
     async def next_due_at(self, sink: str) -> float | None:
         return await trio.to_thread.run_sync(self._rdb.next_due_at, sink, limiter=self._rlimit)

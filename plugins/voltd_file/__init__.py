@@ -31,8 +31,19 @@ from voltd import RetryableError, SinkContext, SinkOptions, hookimpl
 from voltd.events import Event, as_json_line
 
 FIELDS = (
-    "our_number", "their_number", "from_number", "to_number", "direction", "event",
-    "status", "type", "id", "message_id", "date", "month", "hour",
+    "our_number",
+    "their_number",
+    "from_number",
+    "to_number",
+    "direction",
+    "event",
+    "status",
+    "type",
+    "id",
+    "message_id",
+    "date",
+    "month",
+    "hour",
 )
 
 
@@ -58,7 +69,8 @@ class FileSink:
                 if name not in FIELDS or spec or conv:
                     raise ValueError(
                         f"unknown template field {{{name}}} (expected one of: "
-                        + ", ".join("{" + f + "}" for f in FIELDS) + ")"
+                        + ", ".join("{" + f + "}" for f in FIELDS)
+                        + ")"
                     )
             return value
 
@@ -97,7 +109,7 @@ class FileSink:
                 data = b"".join(lines)
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
                     os.fsync(fd)
             finally:
