@@ -147,7 +147,7 @@ class Daemon:
         )
         return self.config
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> None:
         if not self.config.exists():
             self.configure()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -155,6 +155,7 @@ class Daemon:
             [sys.executable, "-m", "voltd", "serve", "-c", str(self.config)],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,
             env=env,
         )
         ready = threading.Event()

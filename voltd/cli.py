@@ -117,7 +117,7 @@ def _fmt_match(spec: Any) -> str:
 
 def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: ("***" if f"sinks.{sink}.{k}" in config.secret_keys else v) for k, v in options.items()
+        k: ("***" if config.is_secret("sinks", sink, k) else v) for k, v in options.items()
     }
 
 

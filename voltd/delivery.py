@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from voltd.sink import PermanentError, Sink, send_many
+from voltd.sink import PermanentError, Sink
 from voltd.spool import Due, Outcome, Spool, SpoolError, State
 
 log = logging.getLogger("voltd.delivery")
@@ -48,6 +48,12 @@ class DeliveryOptions:
     attempt_timeout: float = 60.0  # a sink call that takes longer counts as a retryable failure
     idle_poll: float = 2.0  # also picks up `voltd spool replay` done by another process
     record_retry_pause: float = 1.0
+
+
+def _timeout_or(exc: Exception, options: DeliveryOptions) -> Exception:
+    if isinstance(exc, trio.TooSlowError):
+        return TimeoutError(f"no answer within {options.attempt_timeout:g}s")
+    return exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,23 +102,40 @@ class SinkWorker:
             await self._record(outcomes)
 
     async def attempt(self, due: Sequence[Due]) -> list[Outcome]:
-        """Send a batch; fall back to one by one when the batch is refused permanently."""
-        events = [d.event for d in due]
+        """Deliver what is due and say what happened to each delivery."""
+        batch = getattr(self.sink, "send_batch", None)
+        if batch is None or len(due) == 1:
+            return await self._one_by_one(due)
         try:
             with trio.fail_after(self.options.attempt_timeout):
-                await send_many(self.sink, events)
-        except PermanentError as exc:
-            if len(due) > 1:
-                out: list[Outcome] = []
-                for d in due:
-                    out.extend(await self.attempt([d]))
-                return out
-            return [self._failed(due[0], exc, permanent=True)]
-        except Exception as exc:
-            if isinstance(exc, trio.TooSlowError):
-                exc = TimeoutError(f"no answer within {self.options.attempt_timeout:g}s")
-            return [self._failed(d, exc, permanent=False) for d in due]
-        return [Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1) for d in due]
+                await batch([d.event for d in due])
+        except PermanentError:
+            # One undeliverable event must not take its neighbours down with it.
+            return await self._one_by_one(due)
+        except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+            return [self._failed(d, _timeout_or(exc, self.options), permanent=False) for d in due]
+        return [self._delivered(d) for d in due]
+
+    async def _one_by_one(self, due: Sequence[Due]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for i, d in enumerate(due):
+            try:
+                with trio.fail_after(self.options.attempt_timeout):
+                    await self.sink.send(d.event)
+            except PermanentError as exc:
+                out.append(self._failed(d, exc, permanent=True))
+            except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+                # The sink is failing: the rest of the batch waits for the same backoff
+                # rather than each running into the same wall.
+                exc = _timeout_or(exc, self.options)
+                out.extend(self._failed(x, exc, permanent=False) for x in due[i:])
+                break
+            else:
+                out.append(self._delivered(d))
+        return out
+
+    def _delivered(self, d: Due) -> Outcome:
+        return Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1)
 
     def _failed(self, d: Due, exc: BaseException, *, permanent: bool) -> Outcome:
         attempts = d.attempts + 1
@@ -130,7 +153,7 @@ class SinkWorker:
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
         delay = self.policy.delay(attempts)
         log.warning(
-            "sink %s: event %s attempt %d failed (%s); retry in %.1fs",
+            "sink %s: event %s attempt %d failed (%s); retry in %.3gs",
             self.name,
             d.event.id,
             attempts,
@@ -176,5 +199,5 @@ async def run_workers(
             with trio.move_on_after(5):
                 try:
                     await close()
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - closing is best effort at shutdown
                     log.warning("sink %s: aclose failed: %s", name, exc)

@@ -124,17 +124,21 @@ def discover(plugin_dirs: Iterable[Path] = ()) -> Registry:
             continue
         try:
             module = load()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
             reg.problems.append(Problem(origin, f"failed to import: {_short_error(exc)}"))
             continue
         try:
             pm.register(module, name=origin.plugin)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - bad hook signatures and the like
             reg.problems.append(Problem(origin, f"is not a valid voltd plugin: {exc}"))
             continue
         reg.origins[origin.plugin] = origin
 
-    for impl in pm.hook.register_sink_types.get_hookimpls():
+    # In load order (ours first) whatever tryfirst/trylast a plugin declares: pluggy sorts its
+    # hook implementations by those markers, which would let a third party claim a name first.
+    order = {name: i for i, name in enumerate(reg.origins)}
+    impls = pm.hook.register_sink_types.get_hookimpls()
+    for impl in sorted(impls, key=lambda i: order[i.plugin_name]):
         origin = reg.origins[impl.plugin_name]
         registered: list[str] = []
 
@@ -144,7 +148,7 @@ def discover(plugin_dirs: Iterable[Path] = ()) -> Registry:
 
         try:
             impl.function(register=register)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one broken hook must not stop the others
             reg.problems.append(
                 Problem(
                     origin, f"register_sink_types failed: {_short_error(exc)}", tuple(registered)
@@ -210,6 +214,12 @@ def build_sinks(config: Any, registry: Registry) -> dict[str, Sink]:
         key = f"sinks.{name}"
         info = registry.sink_types.get(sc.type)
         broken = registry.problems_for(sc.type)
+        if info is None and not broken:
+            # A plugin that failed before registering anything may be the one meant here.
+            broken = [p for p in registry.problems if not p.sink_types]
+        elif info is not None:
+            # Only the providing plugin's own failures count, not a rival ignored for the name.
+            broken = [p for p in broken if p.origin == info.origin]
         if info is None:
             known = ", ".join(sorted(registry.sink_types)) or "none"
             detail = "; ".join(str(p) for p in broken)
@@ -224,13 +234,13 @@ def build_sinks(config: Any, registry: Registry) -> dict[str, Sink]:
         try:
             options = info.cls.Options.model_validate(sc.options)
         except pydantic.ValidationError as exc:
-            problems.extend(validation_problems(src, key, exc))
+            problems.extend(validation_problems(src, key, exc, model=info.cls.Options))
             continue
         try:
             sinks[name] = info.cls(options, SinkContext(name, config.source.parent))
         except (ValueError, OSError) as exc:
             problems.append(f"{src}: {key}: {exc}")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a plugin bug is a config problem, not a traceback
             problems.append(f"{src}: {key}: sink {sc.type!r} failed to start: {_short_error(exc)}")
     if problems:
         raise ConfigError(problems)

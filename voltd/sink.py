@@ -8,7 +8,6 @@ calls plain async methods on that instance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
@@ -66,13 +65,3 @@ class SinkType(Protocol):
     Options: ClassVar[type[pydantic.BaseModel]]
 
     def __call__(self, options: Any, context: SinkContext) -> Sink: ...
-
-
-async def send_many(sink: Sink, events: Sequence[Event]) -> None:
-    """Deliver through `send_batch` when the sink has one, else one `send` after another."""
-    batch = getattr(sink, "send_batch", None)
-    if batch is not None:
-        await batch(events)
-        return
-    for event in events:
-        await sink.send(event)

@@ -162,11 +162,19 @@ class SpoolDB:
                     self._record(rec.outcomes, now)
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                self._rollback()
                 raise
         except sqlite3.Error as exc:
             raise SpoolError(f"spool commit failed: {exc}") from exc
         return results
+
+    def _rollback(self) -> None:
+        # SQLite rolls back by itself after some errors (disk full, I/O); don't mask those.
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.error("rollback failed: %s", exc)
 
     def _insert(self, event: Event, sinks: Sequence[str], now: float) -> Stored:
         c = self.conn
@@ -217,8 +225,7 @@ class SpoolDB:
             )
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self._rollback()
             raise SpoolError(f"spool is not writable: {exc}") from exc
 
     def purge(self, older_than: float, limit: int = 5000) -> int:
@@ -239,8 +246,7 @@ class SpoolDB:
             c.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
             c.execute("COMMIT")
         except sqlite3.Error as exc:
-            if c.in_transaction:
-                c.execute("ROLLBACK")
+            self._rollback()
             raise SpoolError(f"spool purge failed: {exc}") from exc
         return len(seqs)
 
@@ -261,8 +267,7 @@ class SpoolDB:
             n = self.conn.execute(sql, args).rowcount
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
+            self._rollback()
             raise SpoolError(f"replay failed: {exc}") from exc
         return n
 

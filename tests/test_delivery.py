@@ -1,0 +1,199 @@
+"""Delivery workers against a real spool, with small sinks written for the test."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from tests.conftest import make_event
+from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
+from voltd.events import Event, parse
+from voltd.sink import PermanentError, RetryableError
+from voltd.spool import Spool, SpoolDB
+
+FAST = DeliveryOptions(batch_size=50, attempt_timeout=2.0, idle_poll=0.2)
+QUICK_RETRY = RetryPolicy(initial=0.05, max_delay=0.2, give_up_after=60)
+
+
+def ev(**kw: object) -> Event:
+    e = parse(make_event(**kw))  # type: ignore[arg-type]
+    assert isinstance(e, Event)
+    return e
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.got: list[str] = []
+
+    async def send(self, event: Event) -> None:
+        self.got.append(event.id)
+
+
+class Flaky(Recorder):
+    """Fails the first `failures` calls, then works."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    async def send(self, event: Event) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RetryableError("try later")
+        await super().send(event)
+
+
+class PickyBatch(Recorder):
+    """Refuses whole batches that contain a poisoned event; `send` refuses just that one."""
+
+    async def send(self, event: Event) -> None:
+        if event.payload.get("poison"):
+            raise PermanentError("this one can never be delivered")
+        await super().send(event)
+
+    async def send_batch(self, events: Sequence[Event]) -> None:
+        if any(e.payload.get("poison") for e in events):
+            raise PermanentError("batch refused")
+        for e in events:
+            await super().send(e)
+
+
+class Stuck(Recorder):
+    async def send(self, event: Event) -> None:
+        await trio.sleep_forever()
+
+
+async def store_all(spool: Spool, events: list[Event], sinks: list[str]) -> None:
+    async with trio.open_nursery() as n:
+        await n.start(spool.writer)
+        for e in events:
+            await spool.store(e, sinks)
+        n.cancel_scope.cancel()
+
+
+async def run_until(spool: Spool, workers: dict[str, SinkWorker], done, limit: float = 10):
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        await n.start(spool.writer)
+        await n.start(run_workers, workers, stop, 0.5)
+        with trio.fail_after(limit):
+            while not await done():  # noqa: ASYNC110 - the condition lives in the spool
+                await trio.sleep(0.02)
+        stop.set()
+        n.cancel_scope.cancel()
+
+
+def test_retry_policy_doubles_with_bounded_jitter() -> None:
+    p = RetryPolicy(initial=2, max_delay=60, give_up_after=3600)
+    rng = random.Random(7)
+    for attempts, base in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (40, 60), (10**6, 60)]:
+        for _ in range(50):
+            d = p.delay(attempts, rng)
+            assert base / 2 <= d <= base, (attempts, d)
+
+
+async def test_flaky_sink_is_retried_until_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    sink = Flaky(failures=2)
+    e = ev()
+    try:
+        await store_all(spool, [e], ["flaky"])
+
+        async def done() -> bool:
+            return (await spool.status())["flaky"]["delivered"] == 1
+
+        await run_until(spool, {"flaky": SinkWorker("flaky", sink, spool, QUICK_RETRY, FAST)}, done)
+    finally:
+        spool.close()
+    assert sink.got == [e.id] and sink.calls == 3
+    db = SpoolDB(tmp_path / "s.db")
+    # Delivered on the third attempt; the error of the failed ones is not kept.
+    assert db.conn.execute("SELECT attempts, last_error FROM deliveries").fetchone() == (3, None)
+    db.close()
+
+
+async def test_one_poisoned_event_does_not_dead_letter_its_batch(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    sink = PickyBatch()
+    good = [ev() for _ in range(5)]
+    bad = ev(poison=True)
+    try:
+        await store_all(spool, [*good[:2], bad, *good[2:]], ["picky"])
+
+        async def done() -> bool:
+            s = (await spool.status())["picky"]
+            return s["delivered"] == 5 and s["dead"] == 1
+
+        await run_until(spool, {"picky": SinkWorker("picky", sink, spool, QUICK_RETRY, FAST)}, done)
+    finally:
+        spool.close()
+    assert sorted(sink.got) == sorted(e.id for e in good)
+    db = SpoolDB(tmp_path / "s.db")
+    assert [d["id"] for d in db.dead()] == [bad.id]
+    assert "can never be delivered" in db.dead()[0]["error"]
+    db.close()
+
+
+async def test_give_up_after_makes_a_dead_letter(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    policy = RetryPolicy(initial=0.05, max_delay=0.1, give_up_after=0.3)
+    try:
+        await store_all(spool, [ev()], ["down"])
+
+        async def done() -> bool:
+            return (await spool.status())["down"]["dead"] == 1
+
+        started = time.monotonic()
+        await run_until(
+            spool, {"down": SinkWorker("down", Flaky(10**9), spool, policy, FAST)}, done
+        )
+        assert time.monotonic() - started >= 0.3
+    finally:
+        spool.close()
+
+
+async def test_a_stuck_sink_holds_up_nobody(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    fast = Recorder()
+    opts = DeliveryOptions(batch_size=50, attempt_timeout=30, idle_poll=0.2)
+    try:
+        await store_all(spool, [ev() for _ in range(20)], ["stuck", "fast"])
+
+        async def done() -> bool:
+            return len(fast.got) == 20
+
+        await run_until(
+            spool,
+            {
+                "stuck": SinkWorker("stuck", Stuck(), spool, QUICK_RETRY, opts),
+                "fast": SinkWorker("fast", fast, spool, QUICK_RETRY, opts),
+            },
+            done,
+        )
+        status = await spool.status()
+    finally:
+        spool.close()
+    # The stuck sink's deliveries were cut off at shutdown and are still pending.
+    assert status["stuck"]["pending"] == 20 and status["fast"]["delivered"] == 20
+
+
+async def test_a_hung_attempt_times_out_and_is_retried(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    opts = DeliveryOptions(batch_size=50, attempt_timeout=0.2, idle_poll=0.2)
+    try:
+        await store_all(spool, [ev()], ["stuck"])
+
+        async def done() -> bool:
+            row = spool._rdb.conn.execute("SELECT attempts, last_error FROM deliveries").fetchone()
+            return row[0] >= 2 and "no answer within" in row[1]
+
+        await run_until(
+            spool, {"stuck": SinkWorker("stuck", Stuck(), spool, QUICK_RETRY, opts)}, done
+        )
+    finally:
+        spool.close()
