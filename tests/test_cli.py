@@ -156,9 +156,8 @@ def good_config(tmp_path: Path, public_key: Path) -> Path:
 def test_check_good_config_prints_routes_and_sinks_without_secrets(
     good_config: Path, tmp_path: Path
 ) -> None:
-    result = voltd("check", "-c", "config.toml", cwd=tmp_path, env={
-        "VOLTD_TEST_PAGER_TOKEN": ENV_SECRET
-    })  # fmt: skip
+    env = {"VOLTD_TEST_PAGER_TOKEN": ENV_SECRET}
+    result = voltd("check", "-c", "config.toml", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("config.toml: OK")
@@ -194,9 +193,8 @@ def test_check_does_not_echo_a_secret_that_fails_validation(
         'url = "https://pager.example/hook"\nretries = "${env:VOLTD_TEST_PAGER_TOKEN}"',
     )
     good_config.write_text(text)
-    result = voltd("check", "-c", "config.toml", cwd=tmp_path, env={
-        "VOLTD_TEST_PAGER_TOKEN": ENV_SECRET
-    })  # fmt: skip
+    env = {"VOLTD_TEST_PAGER_TOKEN": ENV_SECRET}
+    result = voltd("check", "-c", "config.toml", cwd=tmp_path, env=env)
     assert_clean_failure(result, 2)
     assert "config.toml: sinks.pager-env.retries: " in result.stderr
     assert ENV_SECRET not in result.stderr + result.stdout
@@ -397,9 +395,7 @@ def test_send_signs_and_delivers_to_a_running_daemon(daemon: Daemon, tmp_path: P
     other_key, _ = generate_signing_pair(tmp_path / "other")
     forged = tmp_path / "forged.json"
     forged.write_bytes(make_event(text="forged"))
-    result = voltd(
-        "send", "--url", daemon.url, "--key", other_key, "--cacert", daemon.cert, forged
-    )
+    result = voltd("send", "--url", daemon.url, "--key", other_key, "--cacert", daemon.cert, forged)
     assert result.returncode == 1
     assert result.stdout.startswith("401 ")
 
@@ -441,9 +437,7 @@ def test_plugins_lists_the_file_sink_and_its_origin() -> None:
     assert "problems:" not in result.stdout
 
 
-def test_plugins_with_a_broken_plugin_lists_the_problem(
-    tmp_path: Path, public_key: Path
-) -> None:
+def test_plugins_with_a_broken_plugin_lists_the_problem(tmp_path: Path, public_key: Path) -> None:
     config = deployment(tmp_path, public_key, 'plugin_dirs = ["plugins"]\n' + BASE + GOOD_SINK)
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "pager.py").write_text(PAGER_PLUGIN)

@@ -97,6 +97,11 @@ def build_errors(config: Config, registry: Registry) -> list[str]:
     return info.value.problems
 
 
+def files_under(root: Path) -> list[Path]:
+    """Every regular file below `root`, sorted (a plain function: async tests call it)."""
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
 def event(**kwargs: Any) -> Event:
     parsed = parse(make_event(**kwargs))
     assert isinstance(parsed, Event)
@@ -441,8 +446,12 @@ def test_bad_file_sink_options_are_reported_per_key(tmp_path: Path, public_key: 
     for line in problems:
         assert re.fullmatch(rf"{src}: sinks\.[a-z]+\.[a-z_]+: .+", line), line
     by_key = {line.split(": ")[1]: line.split(": ", 2)[2] for line in problems}
-    assert set(by_key) == {"sinks.typo.fsnyc", "sinks.nopath.path", "sinks.field.path",
-                           "sinks.flag.fsync"}  # fmt: skip
+    assert set(by_key) == {
+        "sinks.typo.fsnyc",
+        "sinks.nopath.path",
+        "sinks.field.path",
+        "sinks.flag.fsync",
+    }
     assert by_key["sinks.typo.fsnyc"] == "unknown key (expected one of: path, fsync)"
     assert "missing" in by_key["sinks.nopath.path"]
     assert by_key["sinks.field.path"].startswith("unknown template field {nope} (expected one of:")
@@ -510,7 +519,7 @@ WHEN = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 
 def file_sink(tmp_path: Path, public_key: Path, template: str) -> Any:
     """A real file sink built from a real config in `tmp_path / "conf"`."""
-    body = f"[sinks.out]\ntype = \"file\"\npath = {json.dumps(template)}\n"
+    body = f'[sinks.out]\ntype = "file"\npath = {json.dumps(template)}\n'
     config = load(write_config(tmp_path / "conf", public_key, body))
     return build_sinks(config, discover())["out"]
 
@@ -538,9 +547,7 @@ async def test_path_templates_resolve_and_directories_are_created(
     outbound_file = (
         out / "+15555550145" / "2023-11-14" / "message.finalized-delivered-outbound.jsonl"
     )
-    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(
-        [inbound_file, outbound_file]
-    )
+    assert files_under(out) == sorted([inbound_file, outbound_file])
     assert inbound_file.read_bytes() == (as_json_line(inbound.raw) + b"\n") * 2
     assert outbound_file.read_bytes() == as_json_line(outbound.raw) + b"\n"
 
@@ -586,7 +593,7 @@ async def test_hostile_payload_values_never_escape_the_base_directory(
     await sink.send(ev)
 
     base = (tmp_path / "conf" / "out").resolve()
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".jsonl"]
+    written = [p for p in files_under(tmp_path) if p.suffix == ".jsonl"]
     assert len(written) == 1
     target = written[0].resolve()
     assert target.is_relative_to(base)
@@ -612,9 +619,7 @@ async def test_non_string_and_missing_values_become_a_safe_name(
 
 
 @pytest.mark.parametrize("template", ["blocked/x.jsonl", "blocked/deeper/{our_number}.jsonl"])
-async def test_write_failure_is_retryable(
-    tmp_path: Path, public_key: Path, template: str
-) -> None:
+async def test_write_failure_is_retryable(tmp_path: Path, public_key: Path, template: str) -> None:
     sink = file_sink(tmp_path, public_key, template)
     blocker = tmp_path / "conf" / "blocked"
     blocker.write_bytes(b"a regular file where a directory should be\n")
@@ -625,5 +630,5 @@ async def test_write_failure_is_retryable(
     blocker.unlink()
     ev = event()
     await sink.send(ev)
-    [written] = [p for p in blocker.rglob("*.jsonl")]
+    [written] = files_under(blocker)
     assert written.read_bytes() == as_json_line(ev.raw) + b"\n"

@@ -158,9 +158,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         origin = registry.sink_types[sc.type].origin
         opts = json.dumps(_redacted(config, name, sc.options), default=str)
         out.append(f"  {name}: {sc.type} ({origin}) {opts}")
-    for problem in registry.problems:
-        out.append(f"warning: {problem}")
     print("\n".join(out))
+    if registry.problems:
+        # DESIGN §6: a broken plugin fails `check` even when no configured sink uses it yet.
+        for problem in registry.problems:
+            print(f"{config.source_name}: plugin problem: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 

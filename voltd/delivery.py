@@ -47,6 +47,9 @@ class DeliveryOptions:
     batch_size: int = 256
     attempt_timeout: float = 60.0  # a sink call that takes longer counts as a retryable failure
     idle_poll: float = 2.0  # also picks up `voltd spool replay` done by another process
+    # After a wake-up, wait this long so that one batch (and one fsync) carries the events
+    # of several ingest commits instead of one each.
+    linger: float = 0.02
     record_retry_pause: float = 1.0
 
 
@@ -97,6 +100,7 @@ class SinkWorker:
                     timeout = min(timeout, max(0.0, nxt - time.time()))
                 with trio.move_on_after(timeout):
                     await wake.wait()
+                    await trio.sleep(opts.linger)
                 continue
             outcomes = await self.attempt(due)
             await self._record(outcomes)

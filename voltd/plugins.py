@@ -124,7 +124,7 @@ def discover(plugin_dirs: Iterable[Path] = ()) -> Registry:
             continue
         try:
             module = load()
-        except Exception as exc:  # noqa: BLE001 - a broken plugin is reported, not fatal
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - reported, not fatal
             reg.problems.append(Problem(origin, f"failed to import: {_short_error(exc)}"))
             continue
         try:

@@ -140,11 +140,17 @@ class SpoolDB:
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            self._full = True
         except sqlite3.Error as exc:
             raise SpoolError(f"{path}: cannot open the spool: {exc}") from exc
 
     def close(self) -> None:
         self.conn.close()
+
+    def _set_synchronous(self, *, full: bool) -> None:
+        if full != self._full:
+            self.conn.execute(f"PRAGMA synchronous = {'FULL' if full else 'NORMAL'}")
+            self._full = full
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -154,6 +160,10 @@ class SpoolDB:
         now = time.time()
         results: list[Stored] = []
         try:
+            # Only new events need their commit on disk before we answer. A batch of nothing
+            # but delivery outcomes skips the fsync: if power fails before the next durable
+            # commit, those deliveries are simply made again (at-least-once allows it).
+            self._set_synchronous(full=bool(ingests))
             c.execute("BEGIN IMMEDIATE")
             try:
                 for item in ingests:

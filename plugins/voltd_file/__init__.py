@@ -28,23 +28,7 @@ import pydantic
 import trio
 
 from voltd import RetryableError, SinkContext, SinkOptions, hookimpl
-from voltd.events import Event, as_json_line
-
-FIELDS = (
-    "our_number",
-    "their_number",
-    "from_number",
-    "to_number",
-    "direction",
-    "event",
-    "status",
-    "type",
-    "id",
-    "message_id",
-    "date",
-    "month",
-    "hour",
-)
+from voltd.events import TEMPLATE_FIELDS, Event, as_json_line
 
 
 class FileSink:
@@ -66,10 +50,10 @@ class FileSink:
             for _, name, spec, conv in parsed:
                 if name is None:
                     continue
-                if name not in FIELDS or spec or conv:
+                if name not in TEMPLATE_FIELDS or spec or conv:
                     raise ValueError(
                         f"unknown template field {{{name}}} (expected one of: "
-                        + ", ".join("{" + f + "}" for f in FIELDS)
+                        + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
                         + ")"
                     )
             return value
@@ -78,15 +62,15 @@ class FileSink:
         self.template = options.path
         self.base = context.config_dir
         self.fsync = options.fsync
-        self.static = not any(n for _, n, _, _ in string.Formatter().parse(self.template))
+        self.fields = tuple(
+            {n: None for _, n, _, _ in string.Formatter().parse(self.template) if n}
+        )
         self._limiter = trio.CapacityLimiter(1)
 
     def path_for(self, event: Event) -> Path:
-        if self.static:
-            rel = self.template
-        else:
-            rel = self.template.format_map(event.template_fields())
-        return self.base / rel
+        if not self.fields:
+            return self.base / self.template
+        return self.base / self.template.format_map(event.template_fields(self.fields))
 
     async def send(self, event: Event) -> None:
         await self.send_batch([event])
