@@ -507,7 +507,7 @@ def _handshake(certfile: Path, keyfile: Path, host: str, *, strict: bool = False
                 conn, _ = listener.accept()
                 with server_ctx.wrap_socket(conn, server_side=True) as tls:
                     tls.sendall(tls.recv(5))
-            except BaseException as e:  # reported to the main thread
+            except BaseException as e:  # noqa: BLE001 - reported to the main thread
                 errors.append(e)
 
         thread = threading.Thread(target=serve, daemon=True)

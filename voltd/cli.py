@@ -116,9 +116,7 @@ def _fmt_match(spec: Any) -> str:
 
 
 def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: ("***" if config.is_secret("sinks", sink, k) else v) for k, v in options.items()
-    }
+    return {k: ("***" if config.is_secret("sinks", sink, k) else v) for k, v in options.items()}
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -49,7 +49,7 @@ class DeliveryOptions:
     idle_poll: float = 2.0  # also picks up `voltd spool replay` done by another process
     # After a wake-up, wait this long so that one batch (and one fsync) carries the events
     # of several ingest commits instead of one each.
-    linger: float = 0.02
+    linger: float = 0.1
     record_retry_pause: float = 1.0
 
 
@@ -83,27 +83,43 @@ class SinkWorker:
         self.stopping = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        """Deliver until stopped, touching the spool as little as possible: every spool call
+        is a thread hop, and on a busy single core those hops are the cost that matters."""
         task_status.started()
         opts = self.options
+        next_retry = await self.spool.next_due_at(self.name)  # left pending by a restart
         while not self.stopping:
             wake = self.spool.wakeup(self.name)
+            now = time.time()
+            if next_retry is not None and next_retry <= now:
+                next_retry = None  # the query below takes those
             try:
-                due = await self.spool.due(self.name, time.time(), opts.batch_size)
+                due = await self.spool.due(self.name, now, opts.batch_size)
             except SpoolError as exc:
                 log.error("sink %s: cannot read the spool: %s", self.name, exc)
                 await trio.sleep(opts.idle_poll)
                 continue
-            if not due:
-                timeout = opts.idle_poll
-                nxt = await self.spool.next_due_at(self.name)
-                if nxt is not None:
-                    timeout = min(timeout, max(0.0, nxt - time.time()))
-                with trio.move_on_after(timeout):
-                    await wake.wait()
-                    await trio.sleep(opts.linger)
-                continue
-            outcomes = await self.attempt(due)
-            await self._record(outcomes)
+            if due:
+                outcomes = await self.attempt(due)
+                await self._record(outcomes)
+                for o in outcomes:
+                    if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):
+                        next_retry = o.next_at
+                if len(due) == opts.batch_size:
+                    continue  # a full batch: more is probably waiting
+            # Nothing more is due. Sleep until new deliveries commit, a retry falls due, or
+            # the idle poll, which also notices `voltd spool replay` run by another process.
+            timeout = opts.idle_poll
+            if next_retry is not None:
+                timeout = min(timeout, max(0.0, next_retry - time.time()))
+            woken = False
+            with trio.move_on_after(timeout):
+                await wake.wait()
+                woken = True
+            if woken:
+                await trio.sleep(opts.linger)
+            else:
+                next_retry = await self.spool.next_due_at(self.name)
 
     async def attempt(self, due: Sequence[Due]) -> list[Outcome]:
         """Deliver what is due and say what happened to each delivery."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,14 +140,14 @@ _FIELD_GETTERS: dict[str, Callable[[Event], str | None]] = {
 TEMPLATE_FIELDS: tuple[str, ...] = tuple(_FIELD_GETTERS)
 
 
-_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-_.@")
+_UNSAFE = re.compile(r"[^A-Za-z0-9+_.@-]")
 
 
 def safe_component(value: str | None) -> str:
     """Make a value usable as one path component: event data must never steer a path."""
     if not value:
         return "unknown"
-    cleaned = "".join(c if c in _SAFE else "_" for c in value)[:100]
+    cleaned = _UNSAFE.sub("_", value[:100])
     if cleaned.strip(".") == "":
         return "unknown"
     return cleaned

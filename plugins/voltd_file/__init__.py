@@ -65,18 +65,27 @@ class FileSink:
         self.fields = tuple(
             {n: None for _, n, _, _ in string.Formatter().parse(self.template) if n}
         )
+        self._static = str(self.base / self.template)
+        self._paths: dict[tuple[str, ...], str] = {}  # rendered paths, by field values
         self._limiter = trio.CapacityLimiter(1)
 
-    def path_for(self, event: Event) -> Path:
+    def path_for(self, event: Event) -> str:
         if not self.fields:
-            return self.base / self.template
-        return self.base / self.template.format_map(event.template_fields(self.fields))
+            return self._static
+        values = event.template_fields(self.fields)
+        key = tuple(values.values())
+        path = self._paths.get(key)
+        if path is None:
+            if len(self._paths) > 4096:  # bounded: dates and numbers keep changing
+                self._paths.clear()
+            path = self._paths[key] = str(self.base / self.template.format_map(values))
+        return path
 
     async def send(self, event: Event) -> None:
         await self.send_batch([event])
 
     async def send_batch(self, events: Sequence[Event]) -> None:
-        groups: dict[Path, list[bytes]] = {}
+        groups: dict[str, list[bytes]] = {}
         for event in events:
             groups.setdefault(self.path_for(event), []).append(as_json_line(event.raw) + b"\n")
         try:
@@ -84,8 +93,9 @@ class FileSink:
         except OSError as exc:
             raise RetryableError(f"cannot write: {exc}") from exc
 
-    def _write(self, groups: dict[Path, list[bytes]]) -> None:
-        for path, lines in groups.items():
+    def _write(self, groups: dict[str, list[bytes]]) -> None:
+        for name, lines in groups.items():
+            path = Path(name)
             created_dirs = _makedirs(path.parent)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
