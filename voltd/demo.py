@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import tempfile
 import time
@@ -233,12 +234,13 @@ def run_demo(directory: Path | None = None) -> int:
         for p in paths:
             print(f"      {p}")
     ok = sum(1 for s in sent if s.status == 200)
+    cmd = "uv run voltd" if "UV" in os.environ else "voltd"  # from a clone, uv runs it
     print(
         f"\n{ok} of {len(sent)} requests answered 200; {len(landed)} distinct events delivered."
         f"\nEverything is in {workdir}: config.toml, events/, spool.db, out/."
-        f"\nTry: voltd check -c {workdir}/config.toml"
-        f"\n     voltd route -c {workdir}/config.toml {workdir}/events/event2.json"
-        f"\n     voltd spool status -c {workdir}/config.toml"
+        f"\nTry: {cmd} check -c {workdir}/config.toml"
+        f"\n     {cmd} route -c {workdir}/config.toml {workdir}/events/event2.json"
+        f"\n     {cmd} spool status -c {workdir}/config.toml"
     )
     expected_ok = 6  # four events, one retry, one probe; the three bad requests are refused
     return 0 if ok == expected_ok and len(landed) == 4 else 1
