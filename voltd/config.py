@@ -9,6 +9,7 @@ value that came from a `${env:…}`/`${file:…}` secret is ever echoed back.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
 import json
 import math
@@ -16,14 +17,23 @@ import os
 import re
 import ssl
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Final, NamedTuple, TypeVar, get_args, get_origin
 
 import phonenumbers
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    InstanceOf,
+    StrictBool,
+    Tag,
+    ValidationInfo,
+)
 
 from voltd.verify import ALGORITHMS, ENCODINGS, KeyLoadError, load_public_key_file
 
@@ -73,32 +83,10 @@ CASELESS_KEYS: Final = frozenset(
 DIRECTIONS: Final = ("inbound", "outbound")
 GLOB_CHARS: Final = frozenset("*?[")
 
-_TOP_KEYS: Final = (
-    "server",
-    "admin",
-    "verify",
-    "spool",
-    "retry",
-    "numbers",
-    "routes",
-    "sinks",
-    "defaults",
-    "plugin_dirs",
-)
-_SERVER_KEYS: Final = ("bind", "path", "certfile", "keyfile", "max_body_bytes", "answer_probes")
-_ADMIN_KEYS: Final = ("bind",)
-_VERIFY_KEYS: Final = ("public_keys", "header", "algorithm", "encoding", "max_age")
-_SPOOL_KEYS: Final = ("path", "retention")
-_RETRY_KEYS: Final = ("initial", "max_delay", "give_up_after")
-_ROUTE_KEYS: Final = ("name", "match", "exclude", "sinks", "final")
-_DEFAULTS_KEYS: Final = ("unmatched",)
-
+_DEFAULT_RETENTION: Final = 7 * 86400.0
 _DEFAULT_BIND: Final = "0.0.0.0:8443"
 _DEFAULT_ADMIN_BIND: Final = "127.0.0.1:9310"
-_DEFAULT_RETENTION: Final = 7 * 86400.0
-_DEFAULT_HEADER: Final = "X-Respond-Flow-Signature"
-_DEFAULT_ALGORITHM: Final = "rsa-pkcs1v15-sha256"
-_DEFAULT_ENCODING: Final = "base64"
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # --------------------------------------------------------------------------------------------
 # Errors and key paths
@@ -116,6 +104,7 @@ class ConfigError(Exception):
 
 
 Loc = tuple[str | int, ...]
+_T = TypeVar("_T")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -402,6 +391,17 @@ def _merge(messages: list[str]) -> str:
     return "; or ".join(unique)
 
 
+def _located(model: type[pydantic.BaseModel] | None, error: Mapping[str, Any]) -> tuple[Loc, str]:
+    """Key path and plain message of one pydantic error; the input is never quoted."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") != "extra_forbidden" or not loc:
+        return _clean_loc(model, loc), _pydantic_message(error)
+    # The unknown key stays as written even if it looks like one of pydantic's loc tags.
+    loc = (*_clean_loc(model, loc[:-1]), loc[-1])
+    allowed = _allowed_keys(model, loc[:-1])
+    return loc, f"unknown key (expected one of: {', '.join(allowed)})" if allowed else "unknown key"
+
+
 def validation_problems(
     source: str,
     prefix: str,
@@ -416,14 +416,7 @@ def validation_problems(
     """
     grouped: dict[Loc, list[str]] = {}
     for error in err.errors(include_url=False, include_input=False):
-        loc = _clean_loc(model, error.get("loc", ()))
-        if error.get("type") == "extra_forbidden" and loc:
-            allowed = _allowed_keys(model, loc[:-1])
-            message = (
-                f"unknown key (expected one of: {', '.join(allowed)})" if allowed else "unknown key"
-            )
-        else:
-            message = _pydantic_message(error)
+        loc, message = _located(model, error)
         grouped.setdefault(loc, []).append(message)
     problems = []
     for loc, messages in grouped.items():
@@ -485,54 +478,6 @@ def _is_ipv6(text: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """The webhook listener."""
-
-    bind: list[BindAddress] = field(default_factory=lambda: [BindAddress("0.0.0.0", 8443)])
-    path: str = "/webhooks"
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    max_body_bytes: int = 1048576
-    answer_probes: bool = True
-
-    @property
-    def https(self) -> bool:
-        return self.certfile is not None
-
-
-@dataclass(frozen=True, slots=True)
-class AdminConfig:
-    """Health and metrics listener; `bind` None means disabled."""
-
-    bind: BindAddress | None = BindAddress("127.0.0.1", 9310)
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyConfig:
-    """How signatures are checked; `keys` are the loaded `public_keys`, same order."""
-
-    public_keys: list[Path]
-    keys: list[RSAPublicKey]
-    header: str = _DEFAULT_HEADER
-    algorithm: str = _DEFAULT_ALGORITHM
-    encoding: str = _DEFAULT_ENCODING
-    max_age: float = _DEFAULT_RETENTION
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolConfig:
-    path: Path = Path("spool.db")
-    retention: float = _DEFAULT_RETENTION
-
-
-@dataclass(frozen=True, slots=True)
-class RetryConfig:
-    initial: float = 2.0
-    max_delay: float = 3600.0
-    give_up_after: float = 86400.0
-
-
-@dataclass(frozen=True, slots=True)
 class MatchSpec(Mapping[str, tuple[str, ...]]):
     """The conditions of a `match` or `exclude` table; as a mapping, key → normalized values.
 
@@ -573,11 +518,6 @@ class SinkConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class DefaultsConfig:
-    unmatched: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     """Everything voltd needs from the file, validated; paths are absolute."""
 
@@ -612,726 +552,723 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# Secrets
+# Validation: pydantic models for the file's structure, small validators for its values
 
 
-class _Broken:
-    """Stands in for a value whose secret could not be resolved, so it is not judged twice."""
+class _Invalid(ValueError):
+    """A validator's complaint in the operator's words; `show_input` appends `, got …`
+    (or says the value is hidden) unless the message already says enough."""
 
-    def __repr__(self) -> str:
-        return "<unresolved secret>"
+    def __init__(self, message: str, *, show_input: bool = True) -> None:
+        super().__init__(message)
+        self.show_input = show_input
 
 
-_BROKEN: Final = _Broken()
+def _text(value: Any) -> str:
+    """A non-empty string, or the reason it is not."""
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    if not value.strip():
+        raise _Invalid("expected a non-empty string", show_input=False)
+    return value
+
+
+def _when(ok: Callable[[Any], bool], message: str, *, text: bool = True) -> BeforeValidator:
+    """Accept a value (a non-empty string, with `text`) only if `ok(value)`."""
+
+    def check(value: Any) -> Any:
+        if not ok(_text(value) if text else value):
+            raise _Invalid(message)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _path(value: Any, info: ValidationInfo) -> Path:
+    return _absolute(info.context["base"], _text(value))
+
+
+def _absolute(base: Path, text: str) -> Path:
+    """Relative paths are relative to the config file, not to the cwd."""
+    return Path(os.path.abspath(base / os.path.expanduser(text)))
+
+
+def _readable(path: Path) -> Path:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        why = f"cannot read: {e.strerror or type(e).__name__} (file {path})"
+        raise _Invalid(why, show_input=False) from None
+    return path
+
+
+def _directory(path: Path) -> Path:
+    if not path.is_dir():
+        why = "not a directory" if path.exists() else "directory does not exist"
+        raise _Invalid(f"{why} (path {path})", show_input=False)
+    return path
+
+
+def _bind(value: Any) -> BindAddress:
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    return BindAddress.parse(value)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise _Invalid("expected a duration greater than 0")
+    return seconds
+
+
+class _KeyFile(NamedTuple):
+    path: Path
+    key: RSAPublicKey
+
+
+def _key_file(value: Any, info: ValidationInfo) -> _KeyFile:
+    """Load the key now: a key the server could not use must fail the check, not the start."""
+    path = _path(value, info)
+    try:
+        return _KeyFile(path, load_public_key_file(path))
+    except KeyLoadError as e:
+        raise _Invalid(f"{e} (file {path})", show_input=False) from None
+
+
+def _sink_name(value: Any, info: ValidationInfo) -> str:
+    sinks = info.context["sinks"]
+    if _text(value) in sinks:
+        return value
+    defined = ", ".join(sorted(sinks)) if sinks else "none; add a [sinks.NAME] table"
+    shown = "such sink (value hidden: it comes from a secret)"
+    if value not in info.context["secrets"]:
+        shown = f"sink named {_short_repr(value)}"
+    raise _Invalid(f"no {shown} (defined: {defined})", show_input=False)
+
+
+def _many(item: Any, what: str, empty: str | None = None, *, ints: bool = False) -> Any:
+    """One value or an array of them, always a list afterwards.
+
+    A lone value keeps the key path of its key, an item gets `[i]`: the tags of this union are
+    named like pydantic's own so that `_clean_loc` drops them from error paths.
+    """
+
+    def shape(value: Any) -> Any:
+        if ints:  # error_code: 702 and "702" mean the same
+            value = [_int_text(v) for v in value] if isinstance(value, list) else _int_text(value)
+        if isinstance(value, list) and not value and empty:
+            raise _Invalid(empty, show_input=False)
+        if not isinstance(value, str | list):
+            raise _Invalid(f"expected {what} or an array of them")
+        return value
+
+    return Annotated[
+        Annotated[item, Tag("str")] | Annotated[list[item], Tag("list[str]")],
+        Discriminator(lambda v: "list[str]" if isinstance(v, list) else "str"),
+        BeforeValidator(shape),
+        AfterValidator(lambda v: v if isinstance(v, list) else [v]),
+    ]
+
+
+def _int_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None, str]:
+    """One value of match key `key` as (normalized, as written)."""
+    if not isinstance(value, str):
+        raise _Invalid("expected a string")
+    secret = value in info.context["secrets"]
+    if key == "direction":
+        if value.strip().lower() not in DIRECTIONS:
+            raise _Invalid("expected inbound or outbound")
+        return value.strip().lower(), value
+    if key == "text":
+        try:
+            re.compile(value)
+        except (re.error, RecursionError, OverflowError, ValueError) as e:
+            # re's messages may quote part of the pattern, so none for a secret pattern.
+            tail = "" if secret else f": {e}"
+            raise _Invalid("not a valid regular expression" + tail, show_input=False) from None
+        return value, value
+    if key not in NUMBER_KEYS:
+        return value.lower(), value
+    numbers: Mapping[str, str | None] = info.context["numbers"]
+    if value in numbers:
+        return numbers[value], value  # None when that number is wrong: reported there
+    if any(c in GLOB_CHARS for c in value):
+        glob = _number_glob(value)
+        if glob is None:
+            raise _Invalid(
+                "expected a number glob made of +, digits, spaces and * ? [0-9] like +1555*"
+            )
+        return glob, value
+    try:
+        return normalize_number(value), value
+    except ValueError:
+        if not any(c.isalpha() for c in value):
+            raise _Invalid(
+                "expected a name from [numbers], a phone number in international form like "
+                "+1 555 555 0123 or a glob like +1555*"
+            ) from None
+    defined = ", ".join(sorted(numbers)) if numbers else "none"
+    shown = "such name" if secret else f"number named {_short_repr(value)}"
+    raise _Invalid(f"no {shown} in [numbers] (defined: {defined})", show_input=False)
+
+
+def _values(key: str) -> Any:
+    item = Annotated[Any, BeforeValidator(functools.partial(_match_value, key))]
+    what = "a string (or integer)" if key == "error_code" else "a string"
+    empty = "expected at least one value (an empty list never matches)"
+    return _many(item, what, empty, ints=key == "error_code") | None
+
+
+def _is(kind: type | tuple[type, ...], message: str) -> BeforeValidator:
+    return _when(lambda v: isinstance(v, kind), message, text=False)
+
+
+_Bind = Annotated[InstanceOf[BindAddress], BeforeValidator(_bind)]
+_Binds = _many(_Bind, "a host:port string", "expected at least one host:port like 0.0.0.0:8443")
+_Path = Annotated[Path, BeforeValidator(_path)]
+_KeyFiles = _many(
+    Annotated[InstanceOf[_KeyFile], BeforeValidator(_key_file)],
+    "a file path",
+    "expected at least one public key file",
+)
+_PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
+_SinkName = Annotated[str, BeforeValidator(_sink_name)]
+_Dirs = _many(
+    Annotated[Path, BeforeValidator(_path), AfterValidator(_directory)], "a directory path"
+)
+_SECTION: Final[Any] = pydantic.Field(default_factory=dict, validate_default=True)
+
+
+class _Table(pydantic.BaseModel):
+    """A TOML table: unknown keys are mistakes, and so is anything that is not a table."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    _expected: ClassVar[str] = "expected a table"
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _is_table(cls, data: Any) -> Any:
+        if not isinstance(data, dict | cls):
+            raise _Invalid(cls._expected)
+        return data
+
+
+class ServerConfig(_Table):
+    """The webhook listener."""
+
+    bind: _Binds = [BindAddress("0.0.0.0", 8443)]
+    path: Annotated[
+        str,
+        _when(
+            lambda t: t.startswith("/") and not any(c.isspace() or c in "?#" for c in t),
+            "expected a URL path starting with /",
+        ),
+    ] = "/webhooks"
+    certfile: _Path | None = None  # both readable and a pair: see _cross_checks
+    keyfile: _Path | None = None
+    max_body_bytes: Annotated[
+        int,
+        _when(
+            lambda v: type(v) is int and v >= 1,
+            "expected a whole number of bytes, at least 1",
+            text=False,
+        ),
+    ] = 1048576
+    answer_probes: StrictBool = True
+
+    @property
+    def https(self) -> bool:
+        return self.certfile is not None
+
+
+class AdminConfig(_Table):
+    """Health and metrics listener; `bind` None means disabled (bind = "")."""
+
+    bind: Annotated[
+        InstanceOf[BindAddress] | None, BeforeValidator(lambda v: None if v == "" else _bind(v))
+    ] = BindAddress("127.0.0.1", 9310)
+
+
+class VerifyConfig(_Table):
+    """How signatures are checked; `keys` are the loaded `public_keys`, same order."""
+
+    key_files: _KeyFiles = pydantic.Field(alias="public_keys")
+    header: Annotated[str, _when(_HEADER_NAME.fullmatch, "expected an HTTP header name")] = (
+        "X-Respond-Flow-Signature"
+    )
+    algorithm: Annotated[
+        str, _when(ALGORITHMS.__contains__, f"expected one of {', '.join(ALGORITHMS)}")
+    ] = "rsa-pkcs1v15-sha256"
+    encoding: Annotated[
+        str, _when(ENCODINGS.__contains__, f"expected one of {', '.join(ENCODINGS)}")
+    ] = "base64"
+    max_age: Annotated[float, BeforeValidator(parse_duration)] = _DEFAULT_RETENTION
+    # When max_age is not given, load() sets it to spool.retention.
+
+    @property
+    def public_keys(self) -> list[Path]:
+        return [k.path for k in self.key_files]
+
+    @property
+    def keys(self) -> list[RSAPublicKey]:
+        return [k.key for k in self.key_files]
+
+
+class SpoolConfig(_Table):
+    path: _Path = pydantic.Field("spool.db", validate_default=True)
+    retention: _PositiveDuration = _DEFAULT_RETENTION
+
+
+class RetryConfig(_Table):
+    initial: _PositiveDuration = 2.0
+    max_delay: _PositiveDuration = 3600.0
+    give_up_after: _PositiveDuration = 86400.0
+
+
+class DefaultsConfig(_Table):
+    unmatched: _SinkName | None = None
+
+
+class _Match(_Table):
+    """A `match` or `exclude` table; each value is (normalized, as written)."""
+
+    _expected: ClassVar[str] = 'expected a table like { status = ["failed"] }'
+    number: _values("number") = None
+    from_: _values("from") = pydantic.Field(None, alias="from")
+    to: _values("to") = None
+    direction: _values("direction") = None
+    event: _values("event") = None
+    status: _values("status") = None
+    message_type: _values("message_type") = None
+    error_code: _values("error_code") = None
+    carrier: _values("carrier") = None
+    text: _values("text") = None
+    _order: tuple[str, ...] = ()
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> _Match:
+        """Remember the file's key order: explanations list conditions as the file does."""
+        spec = handler(data)
+        spec._order = tuple(k for k in data if k in MATCH_KEYS)
+        return spec
+
+    def spec(self) -> MatchSpec:
+        fields = {key: getattr(self, "from_" if key == "from" else key) for key in self._order}
+        return MatchSpec(
+            {k: tuple(n for n, _ in v) for k, v in fields.items()},
+            {k: tuple(w for _, w in v) for k, v in fields.items()},
+        )
+
+
+class _Route(_Table):
+    _expected: ClassVar[str] = "expected a [[routes]] table"
+    name: Annotated[str, BeforeValidator(_text)] | None = None
+    match: _Match | None = None
+    exclude: _Match | None = None
+    sinks: _many(_SinkName, "a sink name", "expected at least one sink name")
+    final: StrictBool = False
+
+    @pydantic.field_validator("exclude")
+    @classmethod
+    def _not_empty(cls, exclude: _Match | None) -> _Match | None:
+        if exclude is not None and not exclude._order:
+            raise _Invalid(
+                "an empty exclude table would exclude every event; "
+                "expected at least one key, or remove exclude",
+                show_input=False,
+            )
+        return exclude
+
+
+class _Sink(_Table):
+    """A `[sinks.NAME]` table: its type here, the rest for the sink type to validate."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    _expected: ClassVar[str] = "expected a table [{path}]"
+    type: Annotated[str, BeforeValidator(_text)]
+
+
+class _File(_Table):
+    """The whole file, as `load` turns it into a Config."""
+
+    server: ServerConfig = _SECTION
+    admin: AdminConfig = _SECTION
+    verify: VerifyConfig = _SECTION  # validated when absent too: public_keys is required
+    spool: SpoolConfig = _SECTION
+    retry: RetryConfig = _SECTION
+    numbers: Annotated[
+        dict[str, Annotated[str, BeforeValidator(lambda v: normalize_number(_text(v)))]],
+        _is(dict, 'expected a table like { front-desk = "+1 555 555 0123" }'),
+    ] = {}
+    routes: Annotated[list[_Route], _is(list, "expected an array of [[routes]] tables")] = []
+    sinks: Annotated[dict[str, _Sink], _is(dict, "expected a table of [sinks.NAME] tables")] = {}
+    defaults: DefaultsConfig = _SECTION
+    plugin_dirs: _Dirs = []
+
+
+def _keys(model: type[pydantic.BaseModel]) -> tuple[str, ...]:
+    return tuple(info.alias or name for name, info in model.model_fields.items())
+
+
+_TOP_KEYS: Final = _keys(_File)
+_SERVER_KEYS: Final = _keys(ServerConfig)
+_ADMIN_KEYS: Final = _keys(AdminConfig)
+_VERIFY_KEYS: Final = _keys(VerifyConfig)
+_SPOOL_KEYS: Final = _keys(SpoolConfig)
+_RETRY_KEYS: Final = _keys(RetryConfig)
+_ROUTE_KEYS: Final = _keys(_Route)
+_DEFAULTS_KEYS: Final = _keys(DefaultsConfig)
+#: The order problems are listed in: what later sections refer to comes first.
+_SECTION_ORDER: Final = (
+    "server", "admin", "spool", "verify", "retry", "numbers", "sinks", "routes", "defaults",
+    "plugin_dirs",
+)  # fmt: skip
+
+
+def _tls_problem(certfile: Path, keyfile: Path) -> tuple[str, str] | None:
+    """Load the pair exactly as the server will; if that fails, say which half is wrong."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    asked: list[bool] = []
+
+    def no_passphrase() -> bytes:
+        # Without a callback OpenSSL would prompt on the terminal and `check` would hang.
+        asked.append(True)
+        return b""
+
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(certfile, keyfile, password=no_passphrase)
+        return None
+    except (ssl.SSLError, OSError, ValueError) as e:
+        error: Exception = e
+    try:
+        x509.load_pem_x509_certificates(certfile.read_bytes())
+    except (ValueError, OSError):
+        pem = "expected a PEM file ('-----BEGIN CERTIFICATE-----')"
+        return "certfile", f"not a PEM certificate; {pem} (file {certfile})"
+    expected = "expected an unencrypted PEM private key ('-----BEGIN PRIVATE KEY-----')"
+    encrypted = bool(asked)
+    try:
+        serialization.load_pem_private_key(keyfile.read_bytes(), password=None)
+    except TypeError:
+        encrypted = True
+    except (ValueError, UnsupportedAlgorithm, OSError):
+        if not encrypted:
+            return "keyfile", f"not a PEM private key; {expected} (file {keyfile})"
+    if encrypted:
+        return "keyfile", (
+            f"the private key is encrypted with a passphrase; {expected} (file {keyfile})"
+        )
+    reason = getattr(error, "reason", None) or str(error) or type(error).__name__
+    if "MISMATCH" in str(reason).upper() or "MISMATCH" in str(error).upper():
+        return "keyfile", (
+            "this private key does not belong to the certificate in server.certfile "
+            f"(file {keyfile})"
+        )
+    return "certfile", (
+        f"the certificate and key do not load together for TLS: {reason} "
+        f"(files {certfile}, {keyfile})"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets: resolved before validation, remembered so that they are never echoed
+
+#: Stands in for a value whose secret could not be resolved, so it is not judged twice.
+_BROKEN: Final = object()
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _SECRET_HELP: Final = "expected ${env:NAME} or ${file:PATH} (write $${ for a literal ${)"
 
 
-# --------------------------------------------------------------------------------------------
-# The checker
+class _Secrets:
+    """Resolves `${env:…}`/`${file:…}` in every string, remembering where secrets went."""
 
-
-class _Checker:
-    """Walks the parsed TOML once, collecting problems instead of stopping at the first."""
-
-    def __init__(self, source_name: str, base: Path) -> None:
-        self.source_name = source_name
+    def __init__(self, base: Path) -> None:
         self.base = base
-        self.problems: list[str] = []
-        self.secret_paths: set[str] = set()
+        self.problems: list[tuple[Loc, str]] = []
+        self.paths: set[str] = set()  # key paths holding a secret
+        self.broken: set[Loc] = set()  # key paths whose secret could not be resolved
+        self.values: set[str] = set()  # resolved values, for messages that quote a value
 
-    # -- reporting --------------------------------------------------------------------------
-
-    def add(self, loc: Loc, message: str) -> None:
-        path = format_key_path(loc) or "(top level)"
-        self.problems.append(f"{self.source_name}: {path}: {message}")
-
-    def got(self, loc: Loc, value: object) -> str:
-        """`, got 'x'` for a message, or nothing when the value is (part) secret."""
-        if format_key_path(loc) in self.secret_paths:
-            return " (value hidden: it comes from a secret)"
-        if isinstance(value, str):
-            return f", got {_short_repr(value)}"
-        if isinstance(value, bool | int | float):
-            return f", got {_kind(value)} ({value!r})"
-        return f", got {_kind(value)}"
-
-    # -- secrets ----------------------------------------------------------------------------
-
-    def expand(self, value: Any, loc: Loc) -> Any:
-        """Resolve `${env:…}`/`${file:…}` in every string, remembering where secrets went."""
+    def expand(self, value: Any, loc: Loc = ()) -> Any:
         if isinstance(value, dict):
             return {k: self.expand(v, (*loc, k)) for k, v in value.items()}
         if isinstance(value, list):
             return [self.expand(v, (*loc, i)) for i, v in enumerate(value)]
-        if isinstance(value, str) and "${" in value:
-            return self._expand_string(value, loc)
-        return value
-
-    def _expand_string(self, text: str, loc: Loc) -> Any:
-        out: list[str] = []
-        pos = 0
-        secret = False
-        ok = True
-        for m in _REFERENCE.finditer(text):
-            out.append(text[pos : m.start()])
-            pos = m.end()
-            token = m.group(0)
-            if token == "$${":
-                out.append("${")
-                continue
-            secret = True
-            if m.group(1) is None:
-                self.add(loc, f"unterminated secret reference '${{' without '}}'; {_SECRET_HELP}")
-                ok = False
-                continue
-            resolved = self._resolve(m.group(1), loc)
-            if resolved is None:
-                ok = False
-            else:
-                out.append(resolved)
-        out.append(text[pos:])
-        if secret:
-            self.secret_paths.add(format_key_path(loc))
-        return "".join(out) if ok else _BROKEN
-
-    def _resolve(self, reference: str, loc: Loc) -> str | None:
-        kind, sep, arg = reference.partition(":")
-        kind = kind.strip()
-        if not sep or kind not in ("env", "file"):
-            shown = kind if _BARE_KEY.fullmatch(kind or "-") and len(kind) <= 20 else "?"
-            self.add(loc, f"unknown kind of secret reference '${{{shown}:…}}'; {_SECRET_HELP}")
-            return None
-        arg = arg.strip()
-        if not arg:
-            what = "NAME" if kind == "env" else "PATH"
-            self.add(loc, f"empty secret reference '${{{kind}:}}'; expected ${{{kind}:{what}}}")
-            return None
-        if kind == "env":
-            value = os.environ.get(arg)
-            if value is None:
-                self.add(loc, f"environment variable {arg} is not set")
+        if not isinstance(value, str) or "${" not in value:
             return value
-        path = self.path(arg)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(1 << 20)
-        except OSError as e:
-            self.add(loc, f"cannot read secret file {path}: {e.strerror or type(e).__name__}")
-            return None
-        try:
-            content = data.decode("utf-8")
-        except UnicodeDecodeError:
-            self.add(loc, f"secret file {path} is not UTF-8 text")
-            return None
-        if content.endswith("\r\n"):
-            return content[:-2]
-        if content.endswith("\n"):
-            return content[:-1]
-        return content
+        found: list[str] = []  # problems, or "" for each reference resolved
 
-    # -- shapes -----------------------------------------------------------------------------
+        def replace(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"
+            try:
+                if m.group(1) is None:
+                    raise _Invalid(
+                        f"unterminated secret reference '${{' without '}}'; {_SECRET_HELP}"
+                    )
+                resolved = self._resolve(m.group(1))
+            except _Invalid as e:
+                found.append(str(e))
+                return ""
+            found.append("")
+            return resolved
 
-    def table(self, loc: Loc, value: Any, allowed: Sequence[str]) -> dict[str, Any]:
-        """The table at `loc` (empty when absent or wrong); unknown keys are problems."""
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            if value is not _BROKEN:
-                self.add(loc, f"expected a table{self.got(loc, value)}")
-            return {}
-        for key in value:
-            if key not in allowed:
-                self.add((*loc, key), f"unknown key (expected one of: {', '.join(allowed)})")
-        return value
-
-    def string(self, loc: Loc, value: Any, *, nonempty: bool = True) -> str | None:
-        if value is _BROKEN:
-            return None
-        if not isinstance(value, str):
-            self.add(loc, f"expected a string{self.got(loc, value)}")
-            return None
-        if nonempty and not value.strip():
-            self.add(loc, "expected a non-empty string")
-            return None
-        return value
-
-    def boolean(self, loc: Loc, value: Any) -> bool | None:
-        if value is _BROKEN:
-            return None
-        if not isinstance(value, bool):
-            self.add(loc, f"expected true or false{self.got(loc, value)}")
-            return None
-        return value
-
-    def string_list(self, loc: Loc, value: Any, what: str = "a string") -> list[tuple[Loc, Any]]:
-        """Items of a string-or-array value, each with its own loc (a lone string keeps `loc`)."""
-        if value is _BROKEN:
-            return []
-        if isinstance(value, list):
-            return [((*loc, i), item) for i, item in enumerate(value)]
-        if isinstance(value, str):
-            return [(loc, value)]
-        self.add(loc, f"expected {what} or an array of them{self.got(loc, value)}")
-        return []
-
-    def duration(self, loc: Loc, value: Any) -> float | None:
-        if value is _BROKEN:
-            return None
-        try:
-            return parse_duration(value)
-        except ValueError as e:
-            self.add(loc, f"{e}{self.got(loc, value)}")
-            return None
-
-    def path(self, text: str) -> Path:
-        """Absolute path; relative ones are relative to the config file, not the cwd."""
-        return Path(os.path.abspath(self.base / os.path.expanduser(text)))
-
-    def path_value(self, loc: Loc, value: Any) -> Path | None:
-        text = self.string(loc, value)
-        return None if text is None else self.path(text)
-
-    # -- sections ---------------------------------------------------------------------------
-
-    def server(self, raw: Any) -> ServerConfig:
-        t = self.table(("server",), raw, _SERVER_KEYS)
-        defaults = ServerConfig()
-        binds = self.binds(("server", "bind"), t.get("bind", [_DEFAULT_BIND])) or defaults.bind
-
-        path = defaults.path
-        if "path" in t:
-            text = self.string(("server", "path"), t["path"])
-            if text is not None:
-                if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
-                    where = ("server", "path")
-                    self.add(where, f"expected a URL path starting with /{self.got(where, text)}")
-                else:
-                    path = text
-
-        certfile = (
-            self.path_value(("server", "certfile"), t["certfile"]) if "certfile" in t else None
-        )
-        keyfile = self.path_value(("server", "keyfile"), t["keyfile"]) if "keyfile" in t else None
-        if "certfile" in t and "keyfile" not in t:
-            self.add(
-                ("server", "keyfile"),
-                "missing: server.certfile is set, so keyfile (its private key) is needed too; "
-                "set both for HTTPS, or neither for plain HTTP behind a TLS proxy",
-            )
-        elif "keyfile" in t and "certfile" not in t:
-            self.add(
-                ("server", "certfile"),
-                "missing: server.keyfile is set, so certfile (its certificate) is needed too; "
-                "set both for HTTPS, or neither for plain HTTP behind a TLS proxy",
-            )
-        elif certfile is not None and keyfile is not None:
-            self.check_tls(certfile, keyfile)
-        for key, given in (("certfile", certfile), ("keyfile", keyfile)):
-            if given is not None and (certfile is None or keyfile is None):
-                self.readable(("server", key), given)
-
-        max_body = defaults.max_body_bytes
-        if "max_body_bytes" in t:
-            v = t["max_body_bytes"]
-            where = ("server", "max_body_bytes")
-            if v is _BROKEN:
-                pass
-            elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                self.add(where, f"expected a whole number of bytes, at least 1{self.got(where, v)}")
-            else:
-                max_body = v
-
-        probes = defaults.answer_probes
-        if "answer_probes" in t:
-            b = self.boolean(("server", "answer_probes"), t["answer_probes"])
-            probes = probes if b is None else b
-        return ServerConfig(binds, path, certfile, keyfile, max_body, probes)
-
-    def binds(self, loc: Loc, value: Any) -> list[BindAddress] | None:
-        items = self.string_list(loc, value, "a host:port string")
-        if isinstance(value, list) and not value:
-            self.add(loc, "expected at least one host:port like 0.0.0.0:8443")
-            return None
-        out = []
-        for item_loc, item in items:
-            b = self.bind(item_loc, item)
-            if b is not None:
-                out.append(b)
-        return out if out and len(out) == len(items) else None
-
-    def bind(self, loc: Loc, value: Any) -> BindAddress | None:
-        text = self.string(loc, value, nonempty=False)
-        if text is None:
-            return None
-        try:
-            return BindAddress.parse(text)
-        except ValueError as e:
-            self.add(loc, f"{e}{self.got(loc, text)}")
-            return None
-
-    def readable(self, loc: Loc, path: Path) -> bool:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as e:
-            self.add(loc, f"cannot read: {e.strerror or type(e).__name__} (file {path})")
-            return False
-        return True
-
-    def check_tls(self, certfile: Path, keyfile: Path) -> None:
-        """Load the pair exactly as the server will, and say which half is wrong if it fails."""
-        cert_ok = self.readable(("server", "certfile"), certfile)
-        if not (self.readable(("server", "keyfile"), keyfile) and cert_ok):
-            return
-        asked: list[bool] = []
-
-        def no_passphrase() -> bytes:
-            # Without a callback OpenSSL would prompt on the terminal and `check` would hang.
-            asked.append(True)
-            return b""
-
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(certfile, keyfile, password=no_passphrase)
-        except (ssl.SSLError, OSError, ValueError) as e:
-            self.diagnose_tls(certfile, keyfile, e, encrypted=bool(asked))
-
-    def diagnose_tls(
-        self, certfile: Path, keyfile: Path, error: Exception, *, encrypted: bool
-    ) -> None:
-        """Say which half of a TLS pair that OpenSSL refused is wrong, in the operator's terms."""
-        from cryptography import x509
-        from cryptography.exceptions import UnsupportedAlgorithm
-        from cryptography.hazmat.primitives import serialization
-
-        pem = "expected a PEM file ('-----BEGIN CERTIFICATE-----')"
-        try:
-            x509.load_pem_x509_certificates(certfile.read_bytes())
-        except (ValueError, OSError):
-            self.add(("server", "certfile"), f"not a PEM certificate; {pem} (file {certfile})")
-            return
-        expected = "expected an unencrypted PEM private key ('-----BEGIN PRIVATE KEY-----')"
-        try:
-            serialization.load_pem_private_key(keyfile.read_bytes(), password=None)
-        except TypeError:
-            encrypted = True
-        except (ValueError, UnsupportedAlgorithm, OSError):
-            if not encrypted:
-                self.add(
-                    ("server", "keyfile"), f"not a PEM private key; {expected} (file {keyfile})"
-                )
-                return
-        if encrypted:
-            self.add(
-                ("server", "keyfile"),
-                f"the private key is encrypted with a passphrase; {expected} (file {keyfile})",
-            )
-            return
-        reason = getattr(error, "reason", None) or str(error) or type(error).__name__
-        if "MISMATCH" in str(reason).upper() or "MISMATCH" in str(error).upper():
-            self.add(
-                ("server", "keyfile"),
-                f"this private key does not belong to the certificate in server.certfile "
-                f"(file {keyfile})",
-            )
-        else:
-            self.add(
-                ("server", "certfile"),
-                f"the certificate and key do not load together for TLS: {reason} "
-                f"(files {certfile}, {keyfile})",
-            )
-
-    def admin(self, raw: Any) -> AdminConfig:
-        t = self.table(("admin",), raw, _ADMIN_KEYS)
-        value = t.get("bind", _DEFAULT_ADMIN_BIND)
-        if value == "":
-            return AdminConfig(None)
-        b = self.bind(("admin", "bind"), value)
-        return AdminConfig(b) if b is not None else AdminConfig()
-
-    def verify(self, raw: Any, retention: float) -> VerifyConfig:
-        t = self.table(("verify",), raw, _VERIFY_KEYS)
-        paths: list[Path] = []
-        keys: list[RSAPublicKey] = []
-        loc: Loc = ("verify", "public_keys")
-        if "public_keys" not in t:
-            self.add(
-                loc,
-                "missing: expected at least one public key file, e.g. "
-                'public_keys = ["volt_id_rsa.pub"] (Volt publishes it as id_rsa.pub)',
-            )
-        else:
-            items = self.string_list(loc, t["public_keys"], "a file path")
-            if isinstance(t["public_keys"], list) and not t["public_keys"]:
-                self.add(loc, "expected at least one public key file")
-            for item_loc, item in items:
-                path = self.path_value(item_loc, item)
-                if path is None:
-                    continue
-                try:
-                    keys.append(load_public_key_file(path))
-                except KeyLoadError as e:
-                    self.add(item_loc, f"{e} (file {path})")
-                    continue
-                paths.append(path)
-
-        header = _DEFAULT_HEADER
-        if "header" in t:
-            text = self.string(("verify", "header"), t["header"])
-            if text is not None:
-                if not _HEADER_NAME.fullmatch(text):
-                    where = ("verify", "header")
-                    self.add(where, f"expected an HTTP header name{self.got(where, text)}")
-                else:
-                    header = text
-
-        algorithm = self.choice(("verify", "algorithm"), t, ALGORITHMS, _DEFAULT_ALGORITHM)
-        encoding = self.choice(("verify", "encoding"), t, ENCODINGS, _DEFAULT_ENCODING)
-
-        max_age = retention
-        if "max_age" in t:
-            d = self.duration(("verify", "max_age"), t["max_age"])
-            max_age = max_age if d is None else d
-        return VerifyConfig(paths, keys, header, algorithm, encoding, max_age)
-
-    def choice(self, loc: Loc, t: Mapping[str, Any], options: Sequence[str], default: str) -> str:
-        if loc[-1] not in t:
-            return default
-        text = self.string(loc, t[loc[-1]])
-        if text is None:
-            return default
-        if text not in options:
-            self.add(loc, f"expected one of {', '.join(options)}{self.got(loc, text)}")
-            return default
+        text = _REFERENCE.sub(replace, value)
+        if not found:
+            return text
+        self.paths.add(format_key_path(loc))
+        self.problems += [(loc, problem) for problem in found if problem]
+        if any(found):
+            self.broken.add(loc)
+            return _BROKEN
+        self.values.add(text)
         return text
 
-    def spool(self, raw: Any) -> SpoolConfig:
-        t = self.table(("spool",), raw, _SPOOL_KEYS)
-        path = self.path_value(("spool", "path"), t.get("path", "spool.db")) or self.path(
-            "spool.db"
-        )
-        retention = self.positive_duration(("spool", "retention"), t, _DEFAULT_RETENTION)
-        return SpoolConfig(path, retention)
+    def _resolve(self, reference: str) -> str:
+        kind, sep, arg = (part.strip() for part in reference.partition(":"))
+        if not sep or kind not in ("env", "file"):
+            shown = kind if _BARE_KEY.fullmatch(kind or "-") and len(kind) <= 20 else "?"
+            raise _Invalid(f"unknown kind of secret reference '${{{shown}:…}}'; {_SECRET_HELP}")
+        if not arg:
+            what = "NAME" if kind == "env" else "PATH"
+            raise _Invalid(f"empty secret reference '${{{kind}:}}'; expected ${{{kind}:{what}}}")
+        if kind == "env":
+            if arg not in os.environ:
+                raise _Invalid(f"environment variable {arg} is not set")
+            return os.environ[arg]
+        path = _absolute(self.base, arg)
+        try:
+            with open(path, "rb") as f:
+                content = f.read(1 << 20).decode("utf-8")
+        except OSError as e:
+            raise _Invalid(
+                f"cannot read secret file {path}: {e.strerror or type(e).__name__}"
+            ) from None
+        except UnicodeDecodeError:
+            raise _Invalid(f"secret file {path} is not UTF-8 text") from None
+        if content.endswith("\n"):  # the newline an editor adds is not part of the secret
+            content = content[:-2] if content.endswith("\r\n") else content[:-1]
+        return content
 
-    def positive_duration(self, loc: Loc, t: Mapping[str, Any], default: float) -> float:
-        if loc[-1] not in t:
-            return default
-        d = self.duration(loc, t[loc[-1]])
-        if d is None:
-            return default
-        if d <= 0:
-            self.add(loc, f"expected a duration greater than 0{self.got(loc, t[loc[-1]])}")
-            return default
-        return d
 
-    def retry(self, raw: Any) -> RetryConfig:
-        t = self.table(("retry",), raw, _RETRY_KEYS)
-        d = RetryConfig()
-        initial = self.positive_duration(("retry", "initial"), t, d.initial)
-        max_delay = self.positive_duration(("retry", "max_delay"), t, d.max_delay)
-        give_up = self.positive_duration(("retry", "give_up_after"), t, d.give_up_after)
-        if initial > max_delay:
-            self.add(
+# --------------------------------------------------------------------------------------------
+# Loading
+
+_MISSING: Final = {
+    ("verify", "public_keys"): "missing: expected at least one public key file, e.g. "
+    'public_keys = ["volt_id_rsa.pub"] (Volt publishes it as id_rsa.pub)',
+    ("routes", "sinks"): "missing: expected the sinks this route delivers to, "
+    'e.g. sinks = ["archive"]',
+    ("sinks", "type"): 'missing: every sink needs a type, e.g. type = "file"',
+}
+
+
+def _got(value: object) -> str:
+    """`, got 'x'` for a message: the operator sees what we read."""
+    if isinstance(value, str):
+        return f", got {_short_repr(value)}"
+    if isinstance(value, bool | int | float):
+        return f", got {_kind(value)} ({value!r})"
+    return f", got {_kind(value)}"
+
+
+def _file_problems(err: pydantic.ValidationError, secrets: _Secrets) -> list[tuple[Loc, str]]:
+    """The problems in a validation error, with the input shown unless it is a secret."""
+    out: list[tuple[Loc, str]] = []
+    for error in err.errors(include_url=False):
+        loc, message = _located(_File, error)
+        exc = (error.get("ctx") or {}).get("error")
+        if loc in secrets.broken and error["type"] != "extra_forbidden":
+            continue  # already reported as a secret that could not be resolved
+        if error["type"] == "missing":
+            message = _MISSING.get((loc[0], loc[-1]), message)
+        elif error["type"] != "extra_forbidden" and getattr(exc, "show_input", True):
+            if message == _Sink._expected:  # the only message that names its own key path
+                message = message.format(path=format_key_path(loc))
+            if format_key_path(loc) in secrets.paths:
+                message += " (value hidden: it comes from a secret)"
+            else:
+                message += _got(error.get("input"))
+        out.append((loc, message))
+    return out
+
+
+def _rank(loc: Loc, data: Any) -> tuple[int, ...]:
+    """Sort key listing problems as the checks run: section by section, a table's unknown keys
+    first, then its keys in the model's order (the file's order for names and `match` keys)."""
+    if not loc:
+        return (-1,)
+    ranks = [_SECTION_ORDER.index(loc[0]) if loc[0] in _SECTION_ORDER else -1]
+    annotation, raw = _descend(_File, loc[0]), data.get(loc[0])
+    for part in loc[1:]:
+        keys = _allowed_keys(annotation, ()) if annotation is not None else None
+        by_file = keys is None or _Match in _unwrap_models(annotation)
+        if isinstance(part, int):
+            ranks.append(part)
+        elif keys is not None and part not in keys:
+            ranks.append(-1)
+        elif by_file and isinstance(raw, dict) and part in raw:
+            ranks.append(list(raw).index(part))
+        else:
+            ranks.append(keys.index(part) if keys else 0)
+        annotation = _descend(annotation, part) if annotation is not None else None
+        raw = raw[part] if isinstance(raw, dict | list) and _has(raw, part) else None
+    return tuple(ranks)
+
+
+def _has(container: dict[str, Any] | list[Any], part: str | int) -> bool:
+    return part in container if isinstance(container, dict) else 0 <= int(part) < len(container)
+
+
+_TLS_HELP: Final = "set both for HTTPS, or neither for plain HTTP behind a TLS proxy"
+_AFTER_TLS: Final = ("server", "keyfile", 0)  # TLS problems are listed after both paths
+
+
+def _cross_checks(data: dict[str, Any], base: Path) -> list[tuple[Loc, str, Loc]]:
+    """Checks that involve several keys, run on the raw values.
+
+    They run even when a neighbouring key is wrong (which is reported where it is), taking a
+    missing or wrong value as its default, so that one pass shows every problem. Each problem
+    comes with the key path it is listed at, as if checked right after that key.
+    """
+    out: list[tuple[Loc, str, Loc]] = []
+    server, admin, retry = (
+        data.get(k) if isinstance(data.get(k), dict) else {} for k in ("server", "admin", "retry")
+    )
+    for given, needed, what in (
+        ("certfile", "keyfile", "its private key"),
+        ("keyfile", "certfile", "its certificate"),
+    ):
+        if given in server and needed not in server:
+            why = f"missing: server.{given} is set, so {needed} ({what}) is needed too"
+            out.append((("server", needed), f"{why}; {_TLS_HELP}", _AFTER_TLS))
+    files: dict[str, Path] = {}
+    for key in ("certfile", "keyfile"):
+        text = server.get(key)
+        if isinstance(text, str) and text.strip():
+            try:
+                files[key] = _readable(_absolute(base, text))
+            except _Invalid as e:
+                out.append((("server", key), str(e), _AFTER_TLS))
+    if len(files) == 2:
+        problem = _tls_problem(files["certfile"], files["keyfile"])
+        if problem is not None:
+            out.append((("server", problem[0]), problem[1], _AFTER_TLS))
+
+    binds = server.get("bind", _DEFAULT_BIND)
+    binds = [_or_none(_bind, b) for b in (binds if isinstance(binds, list) else [binds])]
+    if not binds or None in binds:
+        binds = [_or_none(_bind, _DEFAULT_BIND)]
+    bind = admin.get("bind", _DEFAULT_ADMIN_BIND)
+    bind = bind and (_or_none(_bind, bind) or _bind(_DEFAULT_ADMIN_BIND))
+    if bind and bind.port != 0 and bind in binds:
+        why = f"{bind} is also in server.bind; expected another port"
+        out.append((("admin", "bind"), why, ("admin", "bind")))
+
+    initial, max_delay = (
+        _or_none(_positive_duration, retry.get(key, default)) or default
+        for key, default in (("initial", 2.0), ("max_delay", 3600.0))
+    )
+    if initial > max_delay:
+        why = f"the first retry delay ({initial:g}s) is longer than retry.max_delay"
+        out.append(
+            (
                 ("retry", "initial"),
-                f"the first retry delay ({initial:g}s) is longer than retry.max_delay "
-                f"({max_delay:g}s); expected initial <= max_delay",
+                f"{why} ({max_delay:g}s); expected initial <= max_delay",
+                ("retry", "give_up_after", 0),
             )
-        return RetryConfig(initial, max_delay, give_up)
+        )
 
-    def numbers(self, raw: Any) -> dict[str, str | None]:
-        """Name → E.164; names whose number is wrong map to None (reported once, here)."""
-        out: dict[str, str | None] = {}
-        if raw is None or raw is _BROKEN:
-            return out
-        if not isinstance(raw, dict):
-            where: Loc = ("numbers",)
-            self.add(
-                where,
-                f'expected a table like {{ front-desk = "+1 555 555 0123" }}{self.got(where, raw)}',
+    seen: dict[str, int] = {}
+    routes = data.get("routes")
+    for i, route in enumerate(routes if isinstance(routes, list) else ()):
+        if not isinstance(route, dict):
+            continue
+        name = route.get("name")
+        name = name if isinstance(name, str) and name.strip() else f"route {i + 1}"
+        if seen.setdefault(name, i) != i:
+            why = f"route name {_short_repr(name)} is already used by routes[{seen[name]}]"
+            out.append(
+                (("routes", i, "name"), f"{why}; expected unique names", ("routes", i, "name"))
             )
-            return out
-        t = raw
-        for name, value in t.items():
-            loc = ("numbers", name)
-            text = self.string(loc, value)
-            out[name] = None
-            if text is None:
-                continue
-            try:
-                out[name] = normalize_number(text)
-            except ValueError:
-                self.add(loc, f"{NUMBER_EXPECTED}{self.got(loc, text)}")
-        return out
-
-    def sinks(self, raw: Any) -> dict[str, SinkConfig]:
-        out: dict[str, SinkConfig] = {}
-        if raw is None:
-            return out
-        if not isinstance(raw, dict):
-            self.add(
-                ("sinks",), f"expected a table of [sinks.NAME] tables{self.got(('sinks',), raw)}"
-            )
-            return out
-        for name, value in raw.items():
-            loc: Loc = ("sinks", name)
-            if not isinstance(value, dict):
-                self.add(
-                    loc,
-                    f"expected a table [sinks.{format_key_path((name,))}]{self.got(loc, value)}",
-                )
-                continue
-            options = {k: v for k, v in value.items() if k != "type"}
-            if "type" not in value:
-                self.add(
-                    (*loc, "type"),
-                    'missing: every sink needs a type, e.g. type = "file"',
-                )
-                sink_type = None
-            else:
-                sink_type = self.string((*loc, "type"), value["type"])
-            out[name] = SinkConfig(sink_type or "", options)
-        return out
-
-    def routes(
-        self, raw: Any, numbers: Mapping[str, str | None], sinks: Mapping[str, SinkConfig]
-    ) -> list[RouteConfig]:
-        if raw is None:
-            return []
-        if not isinstance(raw, list):
-            self.add(
-                ("routes",), f"expected an array of [[routes]] tables{self.got(('routes',), raw)}"
-            )
-            return []
-        out: list[RouteConfig] = []
-        names: dict[str, int] = {}
-        for i, value in enumerate(raw):
-            loc: Loc = ("routes", i)
-            if not isinstance(value, dict):
-                self.add(loc, f"expected a [[routes]] table{self.got(loc, value)}")
-                continue
-            t = self.table(loc, value, _ROUTE_KEYS)
-            name = f"route {i + 1}"
-            if "name" in t:
-                name = self.string((*loc, "name"), t["name"]) or name
-            if name in names:
-                self.add(
-                    (*loc, "name"),
-                    f"route name {_short_repr(name)} is already used by routes[{names[name]}]; "
-                    "expected unique names",
-                )
-            names.setdefault(name, i)
-            match = self.match_spec((*loc, "match"), t.get("match"), numbers)
-            if match is None:
-                match = MatchSpec()
-            exclude = None
-            if "exclude" in t:
-                exclude = self.match_spec((*loc, "exclude"), t["exclude"], numbers)
-                if exclude is not None and not exclude.conditions and t["exclude"] == {}:
-                    self.add(
-                        (*loc, "exclude"),
-                        "an empty exclude table would exclude every event; "
-                        "expected at least one key, or remove exclude",
-                    )
-            route_sinks = self.route_sinks((*loc, "sinks"), t, sinks)
-            final = False
-            if "final" in t:
-                final = bool(self.boolean((*loc, "final"), t["final"]))
-            out.append(RouteConfig(name, match, exclude, route_sinks, final))
-        return out
-
-    def route_sinks(
-        self, loc: Loc, t: Mapping[str, Any], sinks: Mapping[str, SinkConfig]
-    ) -> list[str]:
-        if "sinks" not in t:
-            self.add(
-                loc, 'missing: expected the sinks this route delivers to, e.g. sinks = ["archive"]'
-            )
-            return []
-        value = t["sinks"]
-        if isinstance(value, list) and not value:
-            self.add(loc, "expected at least one sink name")
-            return []
-        out: list[str] = []
-        for item_loc, item in self.string_list(loc, value, "a sink name"):
-            name = self.string(item_loc, item)
-            if name is None:
-                continue
-            if name not in sinks:
-                self.add(item_loc, self.no_sink(item_loc, name, sinks))
-                continue
-            if name not in out:
-                out.append(name)
-        return out
-
-    def no_sink(self, loc: Loc, name: str, sinks: Mapping[str, SinkConfig]) -> str:
-        defined = ", ".join(sorted(sinks)) if sinks else "none; add a [sinks.NAME] table"
-        if format_key_path(loc) in self.secret_paths:
-            return f"no such sink (value hidden: it comes from a secret) (defined: {defined})"
-        return f"no sink named {_short_repr(name)} (defined: {defined})"
-
-    def match_spec(self, loc: Loc, raw: Any, numbers: Mapping[str, str | None]) -> MatchSpec | None:
-        if raw is None:
-            return None
-        if not isinstance(raw, dict):
-            if raw is not _BROKEN:
-                self.add(
-                    loc, f'expected a table like {{ status = ["failed"] }}{self.got(loc, raw)}'
-                )
-            return None
-        t = self.table(loc, raw, MATCH_KEYS)
-        values: dict[str, tuple[str, ...]] = {}
-        written: dict[str, tuple[str, ...]] = {}
-        for key, value in t.items():
-            if key not in MATCH_KEYS:
-                continue
-            key_loc = (*loc, key)
-            if isinstance(value, list) and not value:
-                self.add(key_loc, "expected at least one value (an empty list never matches)")
-                continue
-            if key == "error_code":
-                if isinstance(value, int) and not isinstance(value, bool):
-                    value = str(value)
-                elif isinstance(value, list):
-                    value = [
-                        str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                        for v in value
-                    ]
-            what = "a string (or integer)" if key == "error_code" else "a string"
-            norm: list[str] = []
-            wrote: list[str] = []
-            for item_loc, item in self.string_list(key_loc, value, what):
-                text = self.string(item_loc, item, nonempty=False)
-                if text is None:
-                    continue
-                n = self.match_value(key, item_loc, text, numbers)
-                if n is not None:
-                    norm.append(n)
-                    wrote.append(text)
-            if norm:
-                values[key] = tuple(norm)
-                written[key] = tuple(wrote)
-        return MatchSpec(values, written)
-
-    def match_value(
-        self, key: str, loc: Loc, text: str, numbers: Mapping[str, str | None]
-    ) -> str | None:
-        """One normalized value, or None after reporting why it cannot be used."""
-        if key in NUMBER_KEYS:
-            if text in numbers:
-                return numbers[text]  # None when that number is wrong: reported under [numbers]
-            if any(c in GLOB_CHARS for c in text):
-                glob = _number_glob(text)
-                if glob is None:
-                    self.add(
-                        loc,
-                        "expected a number glob made of +, digits, spaces and * ? [0-9] "
-                        f"like +1555*{self.got(loc, text)}",
-                    )
-                return glob
-            try:
-                return normalize_number(text)
-            except ValueError:
-                pass
-            if any(c.isalpha() for c in text):
-                defined = ", ".join(sorted(numbers)) if numbers else "none"
-                if format_key_path(loc) in self.secret_paths:
-                    self.add(loc, f"no such name in [numbers] (defined: {defined})")
-                else:
-                    self.add(
-                        loc,
-                        f"no number named {_short_repr(text)} in [numbers] (defined: {defined})",
-                    )
-            else:
-                self.add(
-                    loc,
-                    "expected a name from [numbers], a phone number in international form like "
-                    f"+1 555 555 0123 or a glob like +1555*{self.got(loc, text)}",
-                )
-            return None
-        if key == "direction":
-            lowered = text.strip().lower()
-            if lowered not in DIRECTIONS:
-                self.add(loc, f"expected inbound or outbound{self.got(loc, text)}")
-                return None
-            return lowered
-        if key == "text":
-            try:
-                re.compile(text)
-            except (re.error, RecursionError, OverflowError, ValueError) as e:
-                # re's messages may quote part of the pattern, so none for a secret pattern.
-                secret = format_key_path(loc) in self.secret_paths
-                self.add(loc, "not a valid regular expression" + ("" if secret else f": {e}"))
-                return None
-            return text
-        return text.lower()
-
-    def defaults(self, raw: Any, sinks: Mapping[str, SinkConfig]) -> DefaultsConfig:
-        t = self.table(("defaults",), raw, _DEFAULTS_KEYS)
-        if "unmatched" not in t:
-            return DefaultsConfig()
-        loc: Loc = ("defaults", "unmatched")
-        name = self.string(loc, t["unmatched"])
-        if name is None:
-            return DefaultsConfig()
-        if name not in sinks:
-            self.add(loc, self.no_sink(loc, name, sinks))
-            return DefaultsConfig()
-        return DefaultsConfig(name)
-
-    def plugin_dirs(self, raw: Any) -> list[Path]:
-        if raw is None:
-            return []
-        out: list[Path] = []
-        for item_loc, item in self.string_list(("plugin_dirs",), raw, "a directory path"):
-            path = self.path_value(item_loc, item)
-            if path is None:
-                continue
-            if not path.is_dir():
-                why = "not a directory" if path.exists() else "directory does not exist"
-                self.add(item_loc, f"{why} (path {path})")
-                continue
-            out.append(path)
-        return out
-
-
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+    return out
 
 
 def _check(data: dict[str, Any], source: Path, source_name: str) -> Config:
     """Validate parsed TOML; raises ConfigError with every problem found."""
-    c = _Checker(source_name, source.parent)
-    data = c.expand(data, ())
-    c.table((), data, _TOP_KEYS)
-    server = c.server(data.get("server"))
-    admin = c.admin(data.get("admin"))
-    if admin.bind is not None and admin.bind.port != 0 and admin.bind in server.bind:
-        c.add(("admin", "bind"), f"{admin.bind} is also in server.bind; expected another port")
-    spool = c.spool(data.get("spool"))
-    verify = c.verify(data.get("verify"), spool.retention)
-    retry = c.retry(data.get("retry"))
-    numbers = c.numbers(data.get("numbers"))
-    sinks = c.sinks(data.get("sinks"))
-    routes = c.routes(data.get("routes"), numbers, sinks)
-    defaults = c.defaults(data.get("defaults"), sinks)
-    plugin_dirs = c.plugin_dirs(data.get("plugin_dirs"))
-    if c.problems:
-        raise ConfigError(c.problems)
+    secrets = _Secrets(source.parent)
+    data = secrets.expand(data)
+    numbers, sinks = data.get("numbers"), data.get("sinks")
+    numbers = numbers if isinstance(numbers, dict) else {}
+    sinks = sinks if isinstance(sinks, dict) else {}
+    context = {
+        "base": source.parent,
+        # Only names are needed to check references; a wrong number is reported under
+        # [numbers] (as None here), not again at each route that names it.
+        "numbers": {name: _or_none(normalize_number, text) for name, text in numbers.items()},
+        "sinks": {name for name, table in sinks.items() if isinstance(table, dict)},
+        "secrets": secrets.values,
+    }
+    problems: list[tuple[Loc, str, Loc]] = []
+    f: _File | None = None
+    try:
+        f = _File.model_validate(data, context=context)
+    except pydantic.ValidationError as e:
+        problems = [(loc, message, loc) for loc, message in _file_problems(e, secrets)]
+    problems += _cross_checks(data, source.parent)
+    if f is None or secrets.problems or problems:
+        problems.sort(key=lambda p: _rank(p[2], data))  # stable: cross-checks after the keys
+        raise ConfigError(
+            f"{source_name}: {format_key_path(loc) or '(top level)'}: {message}"
+            for loc, message, *_ in [*secrets.problems, *problems]
+        )
+    verify = f.verify
+    if "max_age" not in verify.model_fields_set:
+        verify = verify.model_copy(update={"max_age": f.spool.retention})
+    routes = [
+        RouteConfig(
+            r.name or f"route {i + 1}",
+            r.match.spec() if r.match else MatchSpec(),
+            r.exclude.spec() if r.exclude else None,
+            list(dict.fromkeys(r.sinks)),
+            r.final,
+        )
+        for i, r in enumerate(f.routes)
+    ]
     return Config(
         source=source,
         source_name=source_name,
-        server=server,
-        admin=admin,
+        server=f.server,
+        admin=f.admin,
         verify=verify,
-        spool=spool,
-        retry=retry,
-        numbers={k: v for k, v in numbers.items() if v is not None},
+        spool=f.spool,
+        retry=f.retry,
+        numbers=f.numbers,
         routes=routes,
-        sinks=sinks,
-        defaults=defaults,
-        plugin_dirs=plugin_dirs,
-        secret_keys=frozenset(c.secret_paths),
+        sinks={name: SinkConfig(s.type, dict(s.model_extra or {})) for name, s in f.sinks.items()},
+        defaults=f.defaults,
+        plugin_dirs=f.plugin_dirs,
+        secret_keys=frozenset(secrets.paths),
     )
+
+
+def _or_none(parse: Callable[[Any], _T], value: Any) -> _T | None:
+    """`parse(value)`, or None when it is not valid (the model reports why)."""
+    try:
+        return parse(value)
+    except ValueError:
+        return None
 
 
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
