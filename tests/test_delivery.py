@@ -197,3 +197,24 @@ async def test_a_hung_attempt_times_out_and_is_retried(tmp_path: Path) -> None:
         )
     finally:
         spool.close()
+
+
+async def test_a_failing_batch_logs_one_line_not_one_per_event(tmp_path: Path, caplog) -> None:
+    spool = Spool(tmp_path / "s.db")
+    policy = RetryPolicy(initial=0.05, max_delay=0.05, give_up_after=0.2)
+    try:
+        await store_all(spool, [ev() for _ in range(50)], ["down"])
+
+        async def done() -> bool:
+            return (await spool.status())["down"]["dead"] == 50
+
+        with caplog.at_level("WARNING", logger="voltd.delivery"):
+            await run_until(
+                spool, {"down": SinkWorker("down", Flaky(10**9), spool, policy, FAST)}, done
+            )
+    finally:
+        spool.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "voltd.delivery"]
+    assert any("50 deliveries failed" in line for line in lines)
+    assert any("50 deliveries became dead letters" in line for line in lines)
+    assert len(lines) < 20, lines  # a handful of attempts, one line each

@@ -101,6 +101,7 @@ class SinkWorker:
                 continue
             if due:
                 outcomes = await self.attempt(due)
+                self._log(outcomes)
                 await self._record(outcomes)
                 for o in outcomes:
                     if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):
@@ -163,24 +164,35 @@ class SinkWorker:
         seq = d.event.seq or 0
         err = _describe(exc)
         if permanent or now - d.received_at >= self.policy.give_up_after:
-            log.error(
-                "sink %s: event %s is a dead letter after %d attempt(s): %s",
-                self.name,
-                d.event.id,
-                attempts,
-                err,
-            )
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
-        delay = self.policy.delay(attempts)
-        log.warning(
-            "sink %s: event %s attempt %d failed (%s); retry in %.3gs",
-            self.name,
-            d.event.id,
-            attempts,
-            err,
-            delay,
+        return Outcome(
+            self.name, seq, State.PENDING, attempts, now + self.policy.delay(attempts), err
         )
-        return Outcome(self.name, seq, State.PENDING, attempts, now + delay, err)
+
+    def _log(self, outcomes: Sequence[Outcome]) -> None:
+        """One line per batch and kind of failure: a sink that is down for an hour must not
+        write a line per event per attempt."""
+        failed = [o for o in outcomes if o.state is State.PENDING]
+        dead = [o for o in outcomes if o.state is State.DEAD]
+        if failed:
+            soonest = min(o.next_at for o in failed) - time.time()
+            log.warning(
+                "sink %s: %d deliver%s failed (%s); next retry in %.3gs",
+                self.name,
+                len(failed),
+                "y" if len(failed) == 1 else "ies",
+                failed[0].error,
+                max(soonest, 0.0),
+            )
+        if dead:
+            log.error(
+                "sink %s: %d deliver%s became dead letters (%s); "
+                "see `voltd spool dead`, resend with `voltd spool replay`",
+                self.name,
+                len(dead),
+                "y" if len(dead) == 1 else "ies",
+                dead[0].error,
+            )
 
     async def _record(self, outcomes: list[Outcome]) -> None:
         """Commit outcomes; if the spool refuses, keep trying (the sends already happened)."""

@@ -79,12 +79,13 @@ class Ingest:
 
     def _probe(self, kind: str | None, signed: bool) -> Response:
         self.counters["probes"] += 1
-        log.info(
-            "%s probe (type %r) from %s answered 200, not stored",
-            "signed" if signed else "unsigned",
-            kind,
-            request.remote_addr,
-        )
+        if self.throttle.allow("probe"):  # unsigned, so anyone can send them: never a flood
+            log.info(
+                "%s probe (type %r) from %s answered 200, not stored",
+                "signed" if signed else "unsigned",
+                kind,
+                request.remote_addr,
+            )
         return Response(b'{"ok": true, "probe": true}', status=200, content_type=JSON)
 
     async def handle(self) -> Response:
@@ -130,7 +131,7 @@ class Ingest:
             out = {"ok": True, "id": event.id, "duplicate": True}
         else:
             self.counters["accepted"] += 1
-            if not sinks:
+            if not sinks and self.throttle.allow("unrouted"):
                 log.info("event %s matched no route and there is no [defaults] unmatched", event.id)
             out = {"ok": True, "id": event.id}
         return Response(json.dumps(out).encode(), status=200, content_type=JSON)
