@@ -292,3 +292,19 @@ path = "blocked/sub/events.jsonl"
     status = cli("spool", "status", *spool)
     assert "blocked" in status
     assert daemon.stop() == 0
+
+
+def test_pending_deliveries_for_a_removed_sink_are_reported(daemon: Daemon) -> None:
+    daemon.configure(
+        body='[[routes]]\nsinks = ["gone"]\n[sinks.gone]\ntype = "file"\npath = "blocked/x.jsonl"\n'
+    )
+    (daemon.root / "blocked").write_text("keeps the sink failing")
+    daemon.start()
+    assert daemon.post(make_event()).status_code == 200
+    assert daemon.stop() == 0
+    daemon.configure()  # the default routes: no sink named "gone" any more
+    daemon.start()
+    daemon.wait_for(
+        lambda: any("sink 'gone', which is no longer configured" in line for line in daemon.log)
+    )
+    assert daemon.stop() == 0

@@ -256,6 +256,14 @@ class Daemon:
             for name, sink in self.sinks.items()
         }
         serving = False
+        for sink, counts in (await spool.status()).items():
+            if sink not in self.sinks and counts["pending"]:
+                log.warning(
+                    "the spool holds %d pending deliveries for sink %r, which is no longer "
+                    "configured: they wait until it is configured again",
+                    counts["pending"],
+                    sink,
+                )
         async with trio.open_nursery() as core:
             await core.start(spool.writer)
             if handle_signals:
