@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import trio
 
 from tests.conftest import EXAMPLES, Daemon, make_event
 from voltd.events import as_json_line
-from voltd.keys import generate_signing_pair
+from voltd.keys import generate_signing_pair, make_self_signed_cert
 from voltd.verify import Signer, load_private_key_file
 
 
@@ -307,4 +308,53 @@ def test_pending_deliveries_for_a_removed_sink_are_reported(daemon: Daemon) -> N
     daemon.wait_for(
         lambda: any("sink 'gone', which is no longer configured" in line for line in daemon.log)
     )
+    assert daemon.stop() == 0
+
+
+def test_sighup_reloads_routes_sinks_and_certificate_and_refuses_a_broken_config(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.start()
+    first = make_event()
+    assert daemon.post(first).status_code == 200
+    daemon.wait_for(lambda: daemon.lines("out/all.jsonl") == [first])
+
+    def hup_and_wait(text: str) -> None:
+        seen = len(daemon.log)
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_for(lambda: any(text in line for line in daemon.log[seen:]))
+
+    # New routes and a new sink, applied without a restart.
+    daemon.configure(
+        body='[[routes]]\nsinks = ["second"]\n[sinks.second]\ntype = "file"\n'
+        'path = "out/second.jsonl"\n'
+    )
+    hup_and_wait("configuration reloaded")
+    second = make_event()
+    assert daemon.post(second).status_code == 200
+    daemon.wait_for(lambda: daemon.lines("out/second.jsonl") == [second])
+    assert daemon.lines("out/all.jsonl") == [first]
+
+    # A broken file is refused as a whole; the running configuration stays.
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + '\n[sinks.broken]\ntype = "nope"\n')
+    hup_and_wait("reload refused")
+    assert any("sinks.broken.type" in line for line in daemon.log)
+    third = make_event()
+    assert daemon.post(third).status_code == 200
+    daemon.wait_for(lambda: daemon.lines("out/second.jsonl") == [second, third])
+
+    # A renewed certificate is served to new connections.
+    daemon.config.write_text(good)
+    fresh_cert, fresh_key = make_self_signed_cert(tmp_path / "renewed")
+    os.replace(fresh_cert, daemon.root / "tls" / "cert.pem")
+    os.replace(fresh_key, daemon.root / "tls" / "key.pem")
+    hup_and_wait("configuration reloaded")
+    host, port = daemon.url.split("//")[1].split("/")[0].rsplit(":", 1)
+    served = ssl.get_server_certificate((host, int(port)))
+    assert served.strip() == (daemon.root / "tls" / "cert.pem").read_text().strip()
+    daemon.client.close()  # it trusts the old certificate only; the next post makes a new one
+    daemon._client = None
+    assert daemon.post(make_event()).status_code == 200
     assert daemon.stop() == 0

@@ -205,6 +205,62 @@ class SinkWorker:
                 await trio.sleep(self.options.record_retry_pause)
 
 
+class Deliveries:
+    """Owns the sink workers, so that one can be stopped or added (configuration reload)
+    while the others keep running."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.workers: dict[str, SinkWorker] = {}
+        self._scopes: dict[str, tuple[trio.CancelScope, trio.Event]] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(
+        self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until `stop`; then every worker gets `grace` seconds to finish what is in flight."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await stop.wait()
+            async with trio.open_nursery() as stopping:
+                for name in list(self.workers):
+                    stopping.start_soon(self.stop, name)
+            self._nursery = None
+
+    async def start(self, worker: SinkWorker) -> None:
+        assert self._nursery is not None, "Deliveries.run is not running"
+        scope, done = trio.CancelScope(), trio.Event()
+
+        async def supervised(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                with scope:
+                    await worker.run(task_status=task_status)
+            finally:
+                done.set()
+
+        self.workers[worker.name] = worker
+        self._scopes[worker.name] = (scope, done)
+        await self._nursery.start(supervised)
+
+    async def stop(self, name: str) -> None:
+        """Stop one worker: what is in flight may finish within `grace`, the rest stays
+        pending in the spool. Then the sink is closed."""
+        worker = self.workers.pop(name)
+        scope, done = self._scopes.pop(name)
+        worker.stopping = True
+        worker.spool.wake(name)
+        scope.deadline = trio.current_time() + self.grace
+        await done.wait()
+        close = getattr(worker.sink, "aclose", None)
+        if close is not None:
+            with trio.move_on_after(5):
+                try:
+                    await close()
+                except Exception as exc:  # noqa: BLE001 - closing is best effort
+                    log.warning("sink %s: aclose failed: %s", name, exc)
+
+
 async def run_workers(
     workers: Mapping[str, SinkWorker],
     stop: trio.Event,
@@ -212,24 +268,10 @@ async def run_workers(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every sink worker; after `stop`, let in-flight attempts finish for `grace` seconds.
-
-    Whatever is still in flight after that is cancelled and stays pending in the spool.
-    """
+    """Run a fixed set of workers until `stop` (see Deliveries)."""
+    deliveries = Deliveries(grace)
     async with trio.open_nursery() as nursery:
+        await nursery.start(deliveries.run, stop)
         for w in workers.values():
-            await nursery.start(w.run)
+            await deliveries.start(w)
         task_status.started()
-        await stop.wait()
-        for w in workers.values():
-            w.stopping = True
-            w.spool.wake(w.name)
-        nursery.cancel_scope.deadline = trio.current_time() + grace
-    for name, w in workers.items():
-        close = getattr(w.sink, "aclose", None)
-        if close is not None:
-            with trio.move_on_after(5):
-                try:
-                    await close()
-                except Exception as exc:  # noqa: BLE001 - closing is best effort at shutdown
-                    log.warning("sink %s: aclose failed: %s", name, exc)

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import signal
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,7 +30,7 @@ from quart_trio import QuartTrio
 from voltd import events as events_mod
 from voltd import systemd
 from voltd.config import Config
-from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
+from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.routing import Router
 from voltd.sink import Sink
 from voltd.spool import Spool, SpoolError
@@ -166,10 +167,21 @@ def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) ->
     return app
 
 
+class _HypercornConfig(HypercornConfig):
+    """Keeps the SSL context hypercorn makes, so that SIGHUP can load a renewed certificate
+    into it: new connections get the new certificate, open ones carry on."""
+
+    ssl_context: ssl.SSLContext | None = None
+
+    def create_ssl_context(self) -> ssl.SSLContext | None:
+        self.ssl_context = super().create_ssl_context()
+        return self.ssl_context
+
+
 def _hypercorn_config(
     binds: list[str], certfile: Any = None, keyfile: Any = None
-) -> HypercornConfig:
-    hc = HypercornConfig()
+) -> _HypercornConfig:
+    hc = _HypercornConfig()
     hc.bind = binds
     if certfile is not None:
         hc.certfile = str(certfile)
@@ -187,32 +199,9 @@ def _hypercorn_config(
     return hc
 
 
-async def _signals(shutdown: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        task_status.started()
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.warning("SIGHUP: configuration reload is not supported yet; ignoring")
-                continue
-            log.info("%s: shutting down", signal.Signals(signum).name)
-            shutdown.set()
-            return
-
-
 async def _announce_stopping(shutdown: trio.Event) -> None:
     await shutdown.wait()
     systemd.notify("STOPPING=1")
-
-
-async def _purge_loop(spool: Spool, retention: float) -> None:
-    while True:
-        try:
-            n = await spool.purge(time.time() - retention)
-            if n:
-                log.info("purged %d delivered events older than the retention", n)
-        except SpoolError as exc:
-            log.error("%s", exc)
-        await trio.sleep(PURGE_EVERY)
 
 
 @dataclass
@@ -227,6 +216,9 @@ class Daemon:
     webhook_urls: list[str] = field(default_factory=list)
     admin_urls: list[str] = field(default_factory=list)
     ingest: Ingest | None = None
+    deliveries: Deliveries | None = None
+    _app: QuartTrio | None = None
+    _tls: _HypercornConfig | None = None
 
     async def run(
         self, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED
@@ -238,11 +230,14 @@ class Daemon:
         finally:
             spool.close()
 
+    def _policy(self) -> RetryPolicy:
+        r = self.config.retry
+        return RetryPolicy(r.initial, r.max_delay, r.give_up_after)
+
     async def _run(self, spool: Spool, handle_signals: bool, task_status) -> None:
         cfg = self.config
-        verifier = Verifier(cfg.verify.keys, cfg.verify.algorithm, cfg.verify.encoding)
         ingest = Ingest(
-            verifier=verifier,
+            verifier=Verifier(cfg.verify.keys, cfg.verify.algorithm, cfg.verify.encoding),
             header=cfg.verify.header,
             max_age=cfg.verify.max_age,
             router=Router.from_config(cfg),
@@ -250,11 +245,6 @@ class Daemon:
             answer_probes=cfg.server.answer_probes,
         )
         self.ingest = ingest
-        policy = RetryPolicy(cfg.retry.initial, cfg.retry.max_delay, cfg.retry.give_up_after)
-        workers = {
-            name: SinkWorker(name, sink, spool, policy, self.delivery)
-            for name, sink in self.sinks.items()
-        }
         serving = False
         for sink, counts in (await spool.status()).items():
             if sink not in self.sinks and counts["pending"]:
@@ -267,17 +257,22 @@ class Daemon:
         async with trio.open_nursery() as core:
             await core.start(spool.writer)
             if handle_signals:
-                await core.start(_signals, self.shutdown)
-            core.start_soon(_purge_loop, spool, cfg.spool.retention)
+                await core.start(self._signals)
+            core.start_soon(self._purge_loop, spool)
             stop_delivery = trio.Event()
+            self.deliveries = deliveries = Deliveries(self.delivery_grace)
             async with trio.open_nursery() as delivery:
-                await delivery.start(
-                    partial(run_workers, workers, stop_delivery, self.delivery_grace)
-                )
+                await delivery.start(deliveries.run, stop_delivery)
+                for name, sink in self.sinks.items():
+                    await deliveries.start(
+                        SinkWorker(name, sink, spool, self._policy(), self.delivery)
+                    )
                 async with trio.open_nursery() as http:
                     http.start_soon(_announce_stopping, self.shutdown)
-                    app = make_webhook_app(ingest, cfg.server.path, cfg.server.max_body_bytes)
-                    hc = _hypercorn_config(
+                    self._app = app = make_webhook_app(
+                        ingest, cfg.server.path, cfg.server.max_body_bytes
+                    )
+                    self._tls = hc = _hypercorn_config(
                         [str(b) for b in cfg.server.bind], cfg.server.certfile, cfg.server.keyfile
                     )
                     trigger: Callable[[], Awaitable[Any]] = self.shutdown.wait
@@ -312,3 +307,96 @@ class Daemon:
                 stop_delivery.set()
             core.cancel_scope.cancel()
         log.info("stopped")
+
+    async def _signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self.shutdown.set()
+                return
+
+    async def _purge_loop(self, spool: Spool) -> None:
+        while True:
+            try:
+                n = await spool.purge(time.time() - self.config.spool.retention)
+                if n:
+                    log.info("purged %d delivered events older than the retention", n)
+            except SpoolError as exc:
+                log.error("%s", exc)
+            await trio.sleep(PURGE_EVERY)
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply the configuration file again without dropping a request.
+
+        A configuration with any problem is refused as a whole and the running one stays.
+        Routes, numbers, verification, limits, retry, sinks and the TLS certificate change
+        in place; listeners and the spool file need a restart, which is said in the log.
+        """
+        from voltd.config import ConfigError, load
+        from voltd.plugins import build_sinks, discover
+
+        old = self.config
+        try:
+            new = await trio.to_thread.run_sync(load, old.source)
+            registry = await trio.to_thread.run_sync(discover, new.plugin_dirs)
+            built = build_sinks(new, registry)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return False
+        for key, was, now in (
+            ("server.bind", old.server.bind, new.server.bind),
+            ("server.path", old.server.path, new.server.path),
+            ("admin.bind", old.admin.bind, new.admin.bind),
+            ("spool.path", old.spool.path, new.spool.path),
+        ):
+            if was != now:
+                log.warning("reload: a change of %s takes a restart; still using the old one", key)
+        assert self.ingest is not None and self.deliveries is not None
+        ingest, deliveries = self.ingest, self.deliveries
+        # Plain attribute swaps: a request reads them without awaiting in between, so it
+        # sees either the old configuration or the new one, never a mix.
+        ingest.verifier = Verifier(new.verify.keys, new.verify.algorithm, new.verify.encoding)
+        ingest.header = new.verify.header
+        ingest.max_age = new.verify.max_age
+        ingest.answer_probes = new.server.answer_probes
+        ingest.router = Router.from_config(new)
+        if self._app is not None:
+            self._app.config["MAX_CONTENT_LENGTH"] = new.server.max_body_bytes
+        tls = self._tls.ssl_context if self._tls is not None else None
+        if tls is not None and new.server.certfile is not None:
+            try:
+                tls.load_cert_chain(new.server.certfile, new.server.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                log.error(
+                    "reload: the TLS certificate could not be loaded (%s); keeping the old", exc
+                )
+        self.config = new
+        policy = self._policy()
+        changed = [n for n in deliveries.workers if new.sinks.get(n) != old.sinks.get(n)]
+        async with trio.open_nursery() as stopping:
+            for name in changed:
+                stopping.start_soon(deliveries.stop, name)
+        sinks: dict[str, Sink] = {}
+        for name, sink in built.items():
+            running = deliveries.workers.get(name)
+            if running is not None:  # unchanged: keep the running one, drop the new copy
+                running.policy = policy
+                sinks[name] = running.sink
+                close = getattr(sink, "aclose", None)
+                if close is not None:
+                    await close()
+            else:
+                await deliveries.start(SinkWorker(name, sink, ingest.spool, policy, self.delivery))
+                sinks[name] = sink
+        self.sinks = sinks
+        log.info(
+            "configuration reloaded: %d routes, %d sinks (%s)",
+            len(new.routes),
+            len(sinks),
+            ", ".join(f"{n} restarted" for n in changed) or "no sink restarted",
+        )
+        return True
