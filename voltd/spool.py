@@ -20,7 +20,8 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -153,28 +154,20 @@ class SpoolDB:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def apply(self, ingests: Sequence[_Ingest], records: Sequence[_Record]) -> list[Stored]:
-        """One transaction for a whole group of new events and delivery outcomes."""
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; any failure rolls back and becomes a SpoolError."""
         c = self.conn
-        now = time.time()
-        results: list[Stored] = []
         try:
-            # Only new events need their commit on disk before we answer. A batch of nothing
-            # but delivery outcomes skips the fsync: if power fails before the next durable
-            # commit, those deliveries are simply made again (at-least-once allows it).
-            self._set_synchronous(full=bool(ingests))
             c.execute("BEGIN IMMEDIATE")
             try:
-                results = self._insert(ingests, now)
-                for rec in records:
-                    self._record(rec.outcomes, now)
+                yield c
                 c.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool commit failed: {exc}") from exc
-        return results
+            raise SpoolError(f"{what}: {exc}") from exc
 
     def _rollback(self) -> None:
         # SQLite rolls back by itself after some errors (disk full, I/O); don't mask those.
@@ -183,6 +176,22 @@ class SpoolDB:
                 self.conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 log.error("rollback failed: %s", exc)
+
+    def apply(self, ingests: Sequence[_Ingest], records: Sequence[_Record]) -> list[Stored]:
+        """One transaction for a whole group of new events and delivery outcomes."""
+        now = time.time()
+        # Only new events need their commit on disk before we answer. A batch of nothing but
+        # delivery outcomes skips the fsync: if power fails before the next durable commit,
+        # those deliveries are simply made again (at-least-once allows it).
+        try:
+            self._set_synchronous(full=bool(ingests))
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool commit failed: {exc}") from exc
+        with self._transaction("spool commit failed"):
+            results = self._insert(ingests, now)
+            for rec in records:
+                self._record(rec.outcomes, now)
+        return results
 
     def _insert(self, ingests: Sequence[_Ingest], now: float) -> list[Stored]:
         """Insert new events; one already stored (same id, same payload) is a duplicate.
@@ -221,30 +230,19 @@ class SpoolDB:
             [(int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq) for o in outcomes],
         )
 
-    def store_one(self, event: Event, sinks: Sequence[str]) -> Stored:
-        """Insert a single event in its own transaction (tools and tests)."""
-        return self.apply([_Ingest(event, sinks)], [])[0]
-
     def check_writable(self) -> None:
         """Prove that a commit goes through right now (for /healthz)."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(
+        with self._transaction("spool is not writable") as c:
+            c.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('health', ?)",
                 (repr(time.time()),),
             )
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool is not writable: {exc}") from exc
 
     def purge(self, older_than: float, limit: int = 5000) -> int:
         """Forget events past retention whose every delivery succeeded (dead letters stay)."""
-        c = self.conn
-        try:
-            c.execute("BEGIN IMMEDIATE")
+        with self._transaction("spool purge failed") as c:
             seqs = [
-                r[0]
+                (r[0],)
                 for r in c.execute(
                     "SELECT seq FROM events e WHERE received_at < ? AND NOT EXISTS ("
                     " SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.state != 1)"
@@ -252,12 +250,8 @@ class SpoolDB:
                     (older_than, limit),
                 )
             ]
-            c.executemany("DELETE FROM deliveries WHERE event_seq = ?", [(s,) for s in seqs])
-            c.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-            c.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"spool purge failed: {exc}") from exc
+            c.executemany("DELETE FROM deliveries WHERE event_seq = ?", seqs)
+            c.executemany("DELETE FROM events WHERE seq = ?", seqs)
         return len(seqs)
 
     def replay(self, sink: str | None = None, seqs: Sequence[int] | None = None) -> int:
@@ -272,14 +266,8 @@ class SpoolDB:
         if seqs:
             sql += f" AND event_seq IN ({','.join('?' * len(seqs))})"
             args.extend(seqs)
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            n = self.conn.execute(sql, args).rowcount
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise SpoolError(f"replay failed: {exc}") from exc
-        return n
+        with self._transaction("replay failed") as c:
+            return c.execute(sql, args).rowcount
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -303,7 +291,7 @@ class SpoolDB:
         return row[0] if row else None
 
     def status(self) -> dict[str, dict[str, int]]:
-        """Deliveries per sink and state, for `voltd spool status` and health."""
+        """Deliveries per sink and state (`voltd spool status`, start-up checks, tests)."""
         out: dict[str, dict[str, int]] = {}
         for sink, state, n in self.conn.execute(
             "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state"
@@ -378,7 +366,7 @@ class Spool:
         #: what keeps durability cheap.
         self.incoming = 0
         self._send, self._recv = trio.open_memory_channel[_Ingest | _Record](queue_size)
-        self._listeners: dict[str, list[trio.Event]] = {}
+        self._wakeups: dict[str, trio.Event] = {}  # one per sink, replaced once set
         self.path = path
 
     def close(self) -> None:
@@ -471,10 +459,12 @@ class Spool:
 
     def wakeup(self, sink: str) -> trio.Event:
         """An event that is set the next time new deliveries for `sink` commit."""
-        ev = trio.Event()
-        self._listeners.setdefault(sink, []).append(ev)
+        ev = self._wakeups.get(sink)
+        if ev is None:
+            ev = self._wakeups[sink] = trio.Event()
         return ev
 
     def wake(self, sink: str) -> None:
-        for ev in self._listeners.pop(sink, ()):
+        ev = self._wakeups.pop(sink, None)
+        if ev is not None:
             ev.set()
