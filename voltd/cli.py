@@ -45,16 +45,13 @@ def _load(path: str) -> Any:
 
 def _load_with_sinks(path: str) -> tuple[Any, Any, dict[str, Any]]:
     from voltd.config import ConfigError
-    from voltd.plugins import build_sinks, discover
+    from voltd.plugins import configure
 
-    config = _load(path)
-    registry = discover(config.plugin_dirs)
     try:
-        sinks = build_sinks(config, registry)
+        return configure(path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(2) from None
-    return config, registry, sinks
 
 
 def _find_os_error(exc: BaseException) -> OSError | None:

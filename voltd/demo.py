@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from voltd.config import load
 from voltd.keys import generate_signing_pair, make_self_signed_cert
-from voltd.plugins import build_sinks, discover
+from voltd.plugins import configure
 from voltd.server import Daemon
 from voltd.verify import Signer, load_private_key_file
 
@@ -151,8 +150,7 @@ def _variants(now: int) -> list[tuple[str, bytes]]:
 
 
 async def _drive(workdir: Path) -> list[Sent]:
-    config = load(workdir / "config.toml")
-    sinks = build_sinks(config, discover(config.plugin_dirs))
+    config, _, sinks = configure(workdir / "config.toml")
     signer = Signer(load_private_key_file(workdir / "keys" / "volt_signing_key.pem"))
     daemon = Daemon(config, sinks)
     sent: list[Sent] = []

@@ -200,6 +200,16 @@ def _register_sink_type(reg: Registry, name: str, cls: type, origin: Origin) -> 
     reg.sink_types[name] = SinkTypeInfo(name, cls, origin)
 
 
+def configure(path: str | Path) -> tuple[Any, Registry, dict[str, Sink]]:
+    """The configuration file, the plugins it can use and its sinks built: where `serve`,
+    `check`, a SIGHUP reload and the demo all start. Raises ConfigError with every problem."""
+    from voltd.config import load
+
+    config = load(path)
+    registry = discover(config.plugin_dirs)
+    return config, registry, build_sinks(config, registry)
+
+
 def build_sinks(config: Any, registry: Registry) -> dict[str, Sink]:
     """Validate every configured sink's options and build it; all problems at once.
 

@@ -263,10 +263,9 @@ class Daemon:
             self.deliveries = deliveries = Deliveries(self.delivery_grace)
             async with trio.open_nursery() as delivery:
                 await delivery.start(deliveries.run, stop_delivery)
+                policy = self._policy()
                 for name, sink in self.sinks.items():
-                    await deliveries.start(
-                        SinkWorker(name, sink, spool, self._policy(), self.delivery)
-                    )
+                    await deliveries.start(SinkWorker(name, sink, spool, policy, self.delivery))
                 async with trio.open_nursery() as http:
                     http.start_soon(_announce_stopping, self.shutdown)
                     self._app = app = make_webhook_app(
@@ -336,14 +335,12 @@ class Daemon:
         Routes, numbers, verification, limits, retry, sinks and the TLS certificate change
         in place; listeners and the spool file need a restart, which is said in the log.
         """
-        from voltd.config import ConfigError, load
-        from voltd.plugins import build_sinks, discover
+        from voltd.config import ConfigError
+        from voltd.plugins import configure
 
         old = self.config
         try:
-            new = await trio.to_thread.run_sync(load, old.source)
-            registry = await trio.to_thread.run_sync(discover, new.plugin_dirs)
-            built = build_sinks(new, registry)
+            new, _, built = await trio.to_thread.run_sync(configure, old.source)
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
             return False
