@@ -115,7 +115,9 @@ def test_malformed_bodies_get_400_and_the_daemon_keeps_serving(daemon: Daemon) -
     assert spool_counts(daemon) == (0, 0)
     # Size limit, method, path.
     big = make_event(text="x" * 70000)
-    assert daemon.post(big).status_code == 413
+    r = daemon.post(big)
+    assert r.status_code == 413 and "larger than 65536 bytes" in r.json()["error"]
+    assert r.headers["connection"] == "close"  # the unread body ends this connection
     assert daemon.client.get(daemon.url).status_code == 405
     assert daemon.post(make_event(), url=daemon.url + "/nope").status_code == 404
     # Still serving, and healthy.

@@ -143,6 +143,16 @@ def make_webhook_app(ingest: Ingest, path: str, max_body_bytes: int) -> QuartTri
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.add_url_rule(path, "webhook", ingest.handle, methods=["POST"])
+
+    async def too_large(_: Exception) -> Response:
+        # The body is left unread, so the connection cannot be reused: say so, or a
+        # keep-alive client sends its next request into a connection we are closing.
+        ingest.counters["rejected_too_large"] += 1
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        body = json.dumps({"ok": False, "error": f"body larger than {limit} bytes"}).encode()
+        return Response(body, status=413, content_type=JSON, headers={"Connection": "close"})
+
+    app.register_error_handler(413, too_large)
     return app
 
 
