@@ -17,9 +17,21 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, settings
 
 from voltd.keys import generate_signing_pair, make_self_signed_cert
 from voltd.verify import Signer, load_private_key_file
+
+# Property tests run a bounded number of examples in CI; `fuzz/run.py` (or
+# HYPOTHESIS_PROFILE=fuzz) runs the same properties for as long as you let it.
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "fuzz",
+    deadline=None,
+    max_examples=1_000_000,
+    suppress_health_check=list(HealthCheck),
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "voltd" / "examples"
 
