@@ -220,3 +220,76 @@ async def test_a_failing_batch_logs_one_line_not_one_per_event(tmp_path: Path, c
     dead = [re.match(r"sink down: (\d+) deliver", x) for x in lines if "dead letters" in x]
     assert sum(int(m.group(1)) for m in dead if m) == 50  # jitter may split them over batches
     assert len(lines) < 20, lines  # a handful of attempts, one line each, not 50 per attempt
+
+
+class Down(Recorder):
+    """Fails every batch while `down`; counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self.calls = 0
+
+    async def send(self, event: Event) -> None:
+        await self.send_batch([event])
+
+    async def send_batch(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        if self.down:
+            raise RetryableError("connection refused")
+        self.got.extend(e.id for e in events)
+
+
+async def test_a_down_sink_is_paused_not_tried_for_every_new_event(tmp_path: Path) -> None:
+    """Ingest goes on while the sink is down; only a probe now and then reaches the sink, the
+    events that arrive meanwhile are not attempted one commit at a time, and once the sink is
+    back every waiting event goes at once instead of after its own backoff."""
+    spool = Spool(tmp_path / "s.db")
+    sink = Down()
+    policy = RetryPolicy(initial=30, max_delay=600, give_up_after=3600)
+    opts = DeliveryOptions(batch_size=500, idle_poll=0.2, linger=0.01, max_pause=0.3)
+    events = [ev() for _ in range(200)]
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(spool.writer)
+            await n.start(
+                run_workers, {"down": SinkWorker("down", sink, spool, policy, opts)}, stop, 0.5
+            )
+            for i in range(0, 200, 10):  # 20 commits over about a second
+                for e in events[i : i + 10]:
+                    await spool.store(e, ["down"])
+                await trio.sleep(0.05)
+            calls_while_down = sink.calls
+            pending = spool._rdb.conn.execute(
+                "SELECT COUNT(*), SUM(attempts = 0) FROM deliveries WHERE state = 0"
+            ).fetchone()
+            sink.down = False
+            with trio.fail_after(10):
+                while len(sink.got) < 200:  # noqa: ASYNC110 - a plain counter
+                    await trio.sleep(0.02)
+            stop.set()
+            n.cancel_scope.cancel()
+    finally:
+        spool.close()
+    assert 1 <= calls_while_down <= 6, calls_while_down  # ~1 s at one probe per ≤0.3 s
+    assert pending[0] == 200 and pending[1] > 0  # most arrivals were never tried while down
+    assert sorted(sink.got) == sorted(e.id for e in events)
+
+
+async def test_a_sink_down_past_give_up_after_dead_letters_what_waited(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    policy = RetryPolicy(initial=0.05, max_delay=0.1, give_up_after=0.3)
+    opts = DeliveryOptions(batch_size=5, idle_poll=0.2, linger=0.01, max_pause=0.1)
+    try:
+        await store_all(spool, [ev() for _ in range(40)], ["down"])
+
+        async def done() -> bool:
+            return (await spool.status())["down"]["dead"] == 40
+
+        await run_until(spool, {"down": SinkWorker("down", Down(), spool, policy, opts)}, done)
+        errors = {d["error"] for d in SpoolDB(tmp_path / "s.db").dead()}
+    finally:
+        spool.close()
+    # Batches of 5: most of the 40 were never attempted, yet all gave up on time, saying why.
+    assert all("connection refused" in e for e in errors), errors

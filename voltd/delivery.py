@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from voltd.sink import PermanentError, Sink
-from voltd.spool import Due, Outcome, Spool, SpoolError, State
+from voltd.spool import Due, Outcome, SinkChange, Spool, SpoolError, State
 
 log = logging.getLogger("voltd.delivery")
 
@@ -51,6 +51,12 @@ class DeliveryOptions:
     # of several ingest commits instead of one each.
     linger: float = 0.1
     record_retry_pause: float = 1.0
+    # A failing sink is tried again after the retry policy's delay for its run of failures,
+    # but at least this often, so that it is noticed soon when it comes back.
+    max_pause: float = 60.0
+
+
+_NEVER = 1e18  # a time after every retry
 
 
 def _timeout_or(exc: Exception, options: DeliveryOptions) -> Exception:
@@ -81,6 +87,11 @@ class SinkWorker:
         self.policy = policy
         self.options = options or DeliveryOptions()
         self.stopping = False
+        #: Attempts in a row that failed with a retryable error, and when to try again.
+        #: While a sink is failing, new events wait with the rest instead of each being
+        #: tried, failing and recorded on its own: a sink that is down costs ingest nothing.
+        self.failures = 0
+        self.paused_until: float | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """Deliver until stopped, touching the spool as little as possible: every spool call
@@ -91,18 +102,26 @@ class SinkWorker:
         while not self.stopping:
             wake = self.spool.wakeup(self.name)
             now = time.time()
+            if self.paused_until is not None and now < self.paused_until:
+                with trio.move_on_after(self.paused_until - now):
+                    await wake.wait()  # new events wait; this only notices a stop sooner
+                continue
             if next_retry is not None and next_retry <= now:
                 next_retry = None  # the query below takes those
             try:
                 due = await self.spool.due(self.name, now, opts.batch_size)
+                if not due and self.failures:
+                    # A failing sink's pause is over: try it with what is due soonest, so
+                    # that it is noticed when it is back even if nothing new arrived.
+                    due = await self.spool.due(self.name, _NEVER, opts.batch_size)
             except SpoolError as exc:
                 log.error("sink %s: cannot read the spool: %s", self.name, exc)
                 await trio.sleep(opts.idle_poll)
                 continue
             if due:
-                outcomes = await self.attempt(due)
+                outcomes, failure = await self.attempt(due)
                 self._log(outcomes)
-                await self._record(outcomes)
+                await self._record(outcomes, self._after(failure))
                 for o in outcomes:
                     if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):
                         next_retry = o.next_at
@@ -122,8 +141,9 @@ class SinkWorker:
             else:
                 next_retry = await self.spool.next_due_at(self.name)
 
-    async def attempt(self, due: Sequence[Due]) -> list[Outcome]:
-        """Deliver what is due and say what happened to each delivery."""
+    async def attempt(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
+        """Deliver what is due; say what happened to each delivery, and the retryable error
+        that stopped the sink, if one did."""
         batch = getattr(self.sink, "send_batch", None)
         if batch is None or len(due) == 1:
             return await self._one_by_one(due)
@@ -134,10 +154,11 @@ class SinkWorker:
             # One undeliverable event must not take its neighbours down with it.
             return await self._one_by_one(due)
         except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
-            return [self._failed(d, _timeout_or(exc, self.options), permanent=False) for d in due]
-        return [self._delivered(d) for d in due]
+            exc = _timeout_or(exc, self.options)
+            return [self._failed(d, exc, permanent=False) for d in due], exc
+        return [self._delivered(d) for d in due], None
 
-    async def _one_by_one(self, due: Sequence[Due]) -> list[Outcome]:
+    async def _one_by_one(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
         out: list[Outcome] = []
         for i, d in enumerate(due):
             try:
@@ -150,10 +171,27 @@ class SinkWorker:
                 # rather than each running into the same wall.
                 exc = _timeout_or(exc, self.options)
                 out.extend(self._failed(x, exc, permanent=False) for x in due[i:])
-                break
+                return out, exc
             else:
                 out.append(self._delivered(d))
-        return out
+        return out, None
+
+    def _after(self, failure: Exception | None) -> SinkChange | None:
+        """Pause a failing sink, or resume one that works again; the spool change to go with
+        it: expire what waited past `give_up_after`, or make everything waiting due now."""
+        now = time.time()
+        if failure is None:
+            recovered = self.failures > 0
+            self.failures, self.paused_until = 0, None
+            return SinkChange(self.name, release=True) if recovered else None
+        self.failures += 1
+        pause = min(self.policy.delay(self.failures), self.options.max_pause)
+        self.paused_until = now + pause
+        return SinkChange(
+            self.name,
+            expire_before=now - self.policy.give_up_after,
+            error=f"gave up after {self.policy.give_up_after:g}s; last error {_describe(failure)}",
+        )
 
     def _delivered(self, d: Due) -> Outcome:
         return Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1)
@@ -185,20 +223,25 @@ class SinkWorker:
                 max(soonest, 0.0),
             )
         if dead:
-            log.error(
-                "sink %s: %d deliver%s became dead letters (%s); "
-                "see `voltd spool dead`, resend with `voltd spool replay`",
-                self.name,
-                len(dead),
-                "y" if len(dead) == 1 else "ies",
-                dead[0].error,
-            )
+            self._log_dead(len(dead), dead[0].error)
 
-    async def _record(self, outcomes: list[Outcome]) -> None:
+    def _log_dead(self, n: int, error: str | None) -> None:
+        log.error(
+            "sink %s: %d deliver%s became dead letters (%s); "
+            "see `voltd spool dead`, resend with `voltd spool replay`",
+            self.name,
+            n,
+            "y" if n == 1 else "ies",
+            error,
+        )
+
+    async def _record(self, outcomes: list[Outcome], change: SinkChange | None = None) -> None:
         """Commit outcomes; if the spool refuses, keep trying (the sends already happened)."""
         while True:
             try:
-                await self.spool.record(outcomes)
+                expired = await self.spool.record(outcomes, change)
+                if expired and change is not None:
+                    self._log_dead(expired, change.error)
                 return
             except SpoolError as exc:
                 log.error("sink %s: cannot record outcomes: %s", self.name, exc)

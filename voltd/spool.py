@@ -113,10 +113,27 @@ class _Ingest:
 
 
 @dataclass(slots=True)
+class SinkChange:
+    """A change to all of one sink's pending deliveries, made without reading them.
+
+    `expire_before`: deliveries of events received before this time become dead letters with
+    `error` (a sink that stays down still gives up on time). `release`: every pending delivery
+    is due now (a sink that came back need not wait out each delivery's own backoff).
+    """
+
+    sink: str
+    expire_before: float | None = None
+    error: str | None = None
+    release: bool = False
+
+
+@dataclass(slots=True)
 class _Record:
     outcomes: Sequence[Outcome]
+    change: SinkChange | None = None
     done: trio.Event = field(default_factory=trio.Event)
     error: SpoolError | None = None
+    expired: int = 0
 
 
 class SpoolDB:
@@ -191,6 +208,8 @@ class SpoolDB:
             results = self._insert(ingests, now)
             for rec in records:
                 self._record(rec.outcomes, now)
+                if rec.change is not None:
+                    rec.expired = self._change(rec.change, now)
         return results
 
     def _insert(self, ingests: Sequence[_Ingest], now: float) -> list[Stored]:
@@ -229,6 +248,23 @@ class SpoolDB:
             " updated_at = ? WHERE sink = ? AND event_seq = ?",
             [(int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq) for o in outcomes],
         )
+
+    def _change(self, change: SinkChange, now: float) -> int:
+        """Apply a SinkChange; returns how many deliveries became dead letters."""
+        expired = 0
+        if change.expire_before is not None:
+            expired = self.conn.execute(
+                "UPDATE deliveries SET state = 2, updated_at = ?, last_error = ?"
+                " WHERE sink = ? AND state = 0 AND event_seq IN"
+                " (SELECT seq FROM events WHERE received_at < ?)",
+                (now, change.error, change.sink, change.expire_before),
+            ).rowcount
+        if change.release:
+            self.conn.execute(
+                "UPDATE deliveries SET next_at = ? WHERE sink = ? AND state = 0 AND next_at > ?",
+                (now, change.sink, now),
+            )
+        return expired
 
     def check_writable(self) -> None:
         """Prove that a commit goes through right now (for /healthz)."""
@@ -386,15 +422,17 @@ class Spool:
         assert item.result is not None
         return item.result
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        """Commit delivery outcomes, sharing the transaction with concurrent ingest."""
-        if not outcomes:
-            return
-        rec = _Record(outcomes)
+    async def record(self, outcomes: Sequence[Outcome], change: SinkChange | None = None) -> int:
+        """Commit delivery outcomes (and a SinkChange), sharing the transaction with
+        concurrent ingest. Returns how many deliveries the change made dead letters."""
+        if not outcomes and change is None:
+            return 0
+        rec = _Record(outcomes, change)
         await self._send.send(rec)
         await rec.done.wait()
         if rec.error is not None:
             raise rec.error
+        return rec.expired
 
     async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """The one task that writes: drains everything queued, commits it as one batch."""
