@@ -216,7 +216,9 @@ async def test_a_failing_batch_logs_one_line_not_one_per_event(tmp_path: Path, c
     finally:
         spool.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "voltd.delivery"]
-    assert "50 deliveries failed" in lines[0]
+    # The first attempt reports the whole batch in one line (on a slow machine it may come
+    # after give_up_after, and then that line is the dead-letter one).
+    assert re.search(r"50 deliveries (failed|became dead letters)", lines[0]), lines[0]
     dead = [re.match(r"sink down: (\d+) deliver", x) for x in lines if "dead letters" in x]
     assert sum(int(m.group(1)) for m in dead if m) == 50  # jitter may split them over batches
     assert len(lines) < 20, lines  # a handful of attempts, one line each, not 50 per attempt

@@ -36,9 +36,17 @@ class Event:
 
     id: str
     raw: bytes
-    envelope: dict[str, Any]
+    _envelope: dict[str, Any] | None = field(default=None, repr=False)
     seq: int | None = None
     _digest: bytes | None = field(default=None, repr=False)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        # An event read back from the spool is parsed only if a sink looks inside it: a file
+        # sink with a fixed path writes `raw` as it is.
+        if self._envelope is None:
+            self._envelope = json.loads(self.raw)
+        return self._envelope
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -179,12 +187,12 @@ def parse(raw: bytes) -> Event | Probe:
     t = doc.get("time")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
         raise EnvelopeError("envelope 'time' must be a number of seconds")
-    return Event(id=eid, raw=raw, envelope=doc)
+    return Event(id=eid, raw=raw, _envelope=doc)
 
 
 def from_spool(seq: int, eid: str, raw: bytes) -> Event:
     """Rebuild an Event from what the spool stored (already validated at ingest)."""
-    return Event(id=eid, raw=raw, envelope=json.loads(raw), seq=seq)
+    return Event(id=eid, raw=raw, seq=seq)
 
 
 def as_json_line(raw: bytes) -> bytes:
