@@ -202,7 +202,7 @@ async def test_a_hung_attempt_times_out_and_is_retried(tmp_path: Path) -> None:
 
 async def test_a_failing_batch_logs_one_line_not_one_per_event(tmp_path: Path, caplog) -> None:
     spool = Spool(tmp_path / "s.db")
-    policy = RetryPolicy(initial=0.05, max_delay=0.05, give_up_after=0.2)
+    policy = RetryPolicy(initial=0.1, max_delay=0.1, give_up_after=0.5)
     try:
         await store_all(spool, [ev() for _ in range(50)], ["down"])
 
@@ -216,9 +216,10 @@ async def test_a_failing_batch_logs_one_line_not_one_per_event(tmp_path: Path, c
     finally:
         spool.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "voltd.delivery"]
-    # The first attempt reports the whole batch in one line (on a slow machine it may come
-    # after give_up_after, and then that line is the dead-letter one).
-    assert re.search(r"50 deliveries (failed|became dead letters)", lines[0]), lines[0]
+    # The first attempt reports the batch in one line, or two when part of it was already
+    # past give_up_after (a slow machine).
+    first = [int(n) for n in re.findall(r"sink down: (\d+) deliver", " ".join(lines[:2]))]
+    assert first[0] == 50 or sum(first) == 50, lines[:2]
     dead = [re.match(r"sink down: (\d+) deliver", x) for x in lines if "dead letters" in x]
     assert sum(int(m.group(1)) for m in dead if m) == 50  # jitter may split them over batches
     assert len(lines) < 20, lines  # a handful of attempts, one line each, not 50 per attempt
@@ -258,11 +259,13 @@ async def test_a_down_sink_is_paused_not_tried_for_every_new_event(tmp_path: Pat
             await n.start(
                 run_workers, {"down": SinkWorker("down", sink, spool, policy, opts)}, stop, 0.5
             )
+            started = trio.current_time()
             for i in range(0, 200, 10):  # 20 commits over about a second
                 for e in events[i : i + 10]:
                     await spool.store(e, ["down"])
                 await trio.sleep(0.05)
             calls_while_down = sink.calls
+            probes_allowed = (trio.current_time() - started) / opts.max_pause + 2
             pending = spool._rdb.conn.execute(
                 "SELECT COUNT(*), SUM(attempts = 0) FROM deliveries WHERE state = 0"
             ).fetchone()
@@ -274,7 +277,7 @@ async def test_a_down_sink_is_paused_not_tried_for_every_new_event(tmp_path: Pat
             n.cancel_scope.cancel()
     finally:
         spool.close()
-    assert 1 <= calls_while_down <= 6, calls_while_down  # ~1 s at one probe per ≤0.3 s
+    assert 1 <= calls_while_down <= min(probes_allowed, 12), calls_while_down  # not 20
     assert pending[0] == 200 and pending[1] > 0  # most arrivals were never tried while down
     assert sorted(sink.got) == sorted(e.id for e in events)
 
