@@ -298,3 +298,45 @@ async def test_a_sink_down_past_give_up_after_dead_letters_what_waited(tmp_path:
         spool.close()
     # Batches of 5: most of the 40 were never attempted, yet all gave up on time, saying why.
     assert all("connection refused" in e for e in errors), errors
+
+
+async def test_a_new_worker_sends_what_an_earlier_one_scheduled_for_later(tmp_path: Path) -> None:
+    """After a restart or a reload that replaced the sink, deliveries that failed before and
+    wait out a long backoff go as soon as the new worker's first attempt works."""
+    spool = Spool(tmp_path / "s.db")
+    policy = RetryPolicy(initial=600, max_delay=3600, give_up_after=86400)
+    events = [ev() for _ in range(30)]
+    sink = Down()
+    try:
+        await store_all(spool, events, ["s"])
+        await run_until(  # one failed attempt: all 30 now wait 5 to 10 minutes
+            spool,
+            {"s": SinkWorker("s", sink, spool, policy, FAST)},
+            lambda: _attempted(spool),
+        )
+        await store_all(spool, [ev()], ["s"])  # something new, due now
+        sink.down = False
+
+        async def done() -> bool:
+            return (await spool.status())["s"]["delivered"] == 31
+
+        await run_until(spool, {"s": SinkWorker("s", sink, spool, policy, FAST)}, done)
+    finally:
+        spool.close()
+
+
+async def _attempted(spool: Spool) -> bool:
+    row = spool._rdb.conn.execute("SELECT MIN(attempts) FROM deliveries").fetchone()
+    return row[0] >= 1
+
+
+def test_a_sink_may_take_bigger_batches(tmp_path: Path) -> None:
+    class Big(Recorder):
+        max_batch = 2048
+
+    spool = Spool(tmp_path / "s.db")
+    try:
+        assert SinkWorker("b", Big(), spool, QUICK_RETRY, FAST).batch_size == 2048
+        assert SinkWorker("r", Recorder(), spool, QUICK_RETRY, FAST).batch_size == 50
+    finally:
+        spool.close()

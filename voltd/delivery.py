@@ -92,6 +92,12 @@ class SinkWorker:
         #: tried, failing and recorded on its own: a sink that is down costs ingest nothing.
         self.failures = 0
         self.paused_until: float | None = None
+        # A worker that starts (daemon start, sink changed by a reload) may find deliveries
+        # that an earlier one scheduled for later: its first success makes them due too.
+        self._fresh = True
+        #: Events per attempt: a sink may say it takes more at once (`max_batch`), which
+        #: matters when a backlog drains (one write and fsync per batch for a file).
+        self.batch_size = int(getattr(sink, "max_batch", 0) or self.options.batch_size)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """Deliver until stopped, touching the spool as little as possible: every spool call
@@ -109,11 +115,11 @@ class SinkWorker:
             if next_retry is not None and next_retry <= now:
                 next_retry = None  # the query below takes those
             try:
-                due = await self.spool.due(self.name, now, opts.batch_size)
+                due = await self.spool.due(self.name, now, self.batch_size)
                 if not due and self.failures:
                     # A failing sink's pause is over: try it with what is due soonest, so
                     # that it is noticed when it is back even if nothing new arrived.
-                    due = await self.spool.due(self.name, _NEVER, opts.batch_size)
+                    due = await self.spool.due(self.name, _NEVER, self.batch_size)
             except SpoolError as exc:
                 log.error("sink %s: cannot read the spool: %s", self.name, exc)
                 await trio.sleep(opts.idle_poll)
@@ -125,7 +131,7 @@ class SinkWorker:
                 for o in outcomes:
                     if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):
                         next_retry = o.next_at
-                if len(due) == opts.batch_size:
+                if len(due) == self.batch_size:
                     continue  # a full batch: more is probably waiting
             # Nothing more is due. Sleep until new deliveries commit, a retry falls due, or
             # the idle poll, which also notices `voltd spool replay` run by another process.
@@ -181,8 +187,8 @@ class SinkWorker:
         it: expire what waited past `give_up_after`, or make everything waiting due now."""
         now = time.time()
         if failure is None:
-            recovered = self.failures > 0
-            self.failures, self.paused_until = 0, None
+            recovered = self.failures > 0 or self._fresh
+            self.failures, self.paused_until, self._fresh = 0, None, False
             return SinkChange(self.name, release=True) if recovered else None
         self.failures += 1
         pause = min(self.policy.delay(self.failures), self.options.max_pause)

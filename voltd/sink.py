@@ -46,13 +46,15 @@ class SinkContext:
 
 @runtime_checkable
 class Sink(Protocol):
-    """A built sink. `send_batch` and `aclose` are optional extras a class may define.
+    """A built sink. `send_batch`, `max_batch` and `aclose` are optional extras.
 
     - `async send(event)`: deliver one event; return normally on success, raise
       RetryableError or PermanentError otherwise (any other exception counts as retryable).
     - `async send_batch(events)`: deliver several at once, all or nothing. When it raises
       PermanentError voltd retries the events one by one with `send`, so one bad event cannot
       dead-letter its neighbours.
+    - `max_batch` (int attribute): the most events one `send_batch` call should get (default
+      256); a sink whose cost is per call (one write and fsync) drains a backlog faster with more.
     - `async aclose()`: release resources at shutdown.
     """
 

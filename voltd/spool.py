@@ -212,6 +212,11 @@ class SpoolDB:
                     rec.expired = self._change(rec.change, now)
         return results
 
+    def insert(self, events: Iterable[tuple[Event, Sequence[str]]]) -> list[Stored]:
+        """Store events with their target sinks in one durable commit, without a daemon
+        (tools, the benchmark, tests); the daemon goes through `Spool.store`."""
+        return self.apply([_Ingest(event, sinks) for event, sinks in events], [])
+
     def _insert(self, ingests: Sequence[_Ingest], now: float) -> list[Stored]:
         """Insert new events; one already stored (same id, same payload) is a duplicate.
 
@@ -415,7 +420,10 @@ class Spool:
     async def store(self, event: Event, sinks: Sequence[str]) -> Stored:
         """Queue the event for the next group commit and wait until it is durable."""
         item = _Ingest(event, sinks)
-        await self._send.send(item)
+        try:
+            self._send.send_nowait(item)  # the common case: no extra trip through the scheduler
+        except trio.WouldBlock:
+            await self._send.send(item)
         await item.done.wait()
         if isinstance(item.result, SpoolError):
             raise item.result

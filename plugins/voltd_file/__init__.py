@@ -58,6 +58,9 @@ class FileSink:
                     )
             return value
 
+    # One write and one fsync per file per batch: a backlog drains in big batches.
+    max_batch = 2048
+
     def __init__(self, options: Options, context: SinkContext) -> None:
         self.template = options.path
         self.base = context.config_dir
