@@ -199,12 +199,15 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         assert self.proc is not None
-        if self._client is not None:  # an idle keep-alive connection delays shutdown
+        if self._client is not None:
             self._client.close()
             self._client = None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return code
 
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.cert))

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections import Counter
@@ -23,7 +24,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio import worker_context as _hypercorn_worker_context
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -177,11 +180,73 @@ def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) ->
     return app
 
 
+#: A peer that leaves our data unacknowledged this long (it stopped reading) is dropped: the
+#: kernel aborts the connection, which ends hypercorn's otherwise unbounded write to it.
+SEND_TIMEOUT = 10.0
+
+
+def _keep_alive_timer_survives_cancellation() -> None:
+    """hypercorn 0.17/0.18's trio worker re-arms a connection's keep-alive timer from the
+    request's task, which quart-trio has cancelled by then: the timer never runs again, so an
+    idle keep-alive connection stays open for good and holds up shutdown. Re-arming under a
+    shield makes `keep_alive_timeout` apply after every request (tests/test_abuse.py)."""
+    single_task = _hypercorn_worker_context.TrioSingleTask
+    restart = single_task.restart
+    if getattr(restart, "_voltd_shielded", False):
+        return
+
+    async def shielded(self: Any, task_group: Any, action: Callable[..., Any]) -> None:
+        with trio.CancelScope(shield=True):
+            await restart(self, task_group, action)
+
+    shielded._voltd_shielded = True  # type: ignore[attr-defined]
+    single_task.restart = shielded  # type: ignore[method-assign]
+
+
+_keep_alive_timer_survives_cancellation()
+
+
+class _OncePer:
+    """A logging filter: at most one record per `seconds`. trio logs an accept failure (too
+    many open files) with a traceback every 0.1 s per listener; one line now and then says it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -seconds
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            self.dropped += 1
+            return False
+        if self.dropped:
+            record.msg = f"{record.msg} ({self.dropped} more like it not logged)"
+            self.dropped = 0
+        self.last = now
+        return True
+
+
+logging.getLogger("trio.serve_listeners").addFilter(_OncePer(10.0))
+
+
 class _HypercornConfig(HypercornConfig):
     """Keeps the SSL context hypercorn makes, so that SIGHUP can load a renewed certificate
     into it: new connections get the new certificate, open ones carry on."""
 
     ssl_context: ssl.SSLContext | None = None
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(
+                socket,
+                "TCP_USER_TIMEOUT",  # Linux; accepted connections inherit it
+            ):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_TIMEOUT * 1000)
+                )
+        return sockets
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         self.ssl_context = super().create_ssl_context()
@@ -199,11 +264,12 @@ def _hypercorn_config(
     hc.accesslog = None
     hc.errorlog = logging.getLogger("voltd.http")
     hc.include_server_header = False
-    # Hypercorn's trio worker (0.17/0.18) does not close idle keep-alive connections when
-    # shutting down, so `graceful_timeout` (a hard limit) is what ends them: keep it short.
-    # Our requests only ever wait for a spool commit, and a request cut off here got no 200,
-    # so Volt sends it again. For the same reason idle connections never hit
-    # `keep_alive_timeout`; `read_timeout` bounds them instead.
+    # What ends a slow or idle connection (tests/test_abuse.py): the TLS handshake within
+    # 10 s; a connection without a request for `keep_alive_timeout` (5 s, also between
+    # requests, see above); a body within quart's 60 s; a read within `read_timeout`; a
+    # write within SEND_TIMEOUT. `graceful_timeout` is a hard limit on shutdown: our requests
+    # only wait for a spool commit, and one cut off there got no 200, so Volt sends it again.
+    hc.ssl_handshake_timeout = 10.0
     hc.graceful_timeout = 3.0
     hc.read_timeout = 120
     return hc
