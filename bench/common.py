@@ -45,6 +45,7 @@ from voltd.spool import SpoolDB
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
+PROFILE_FILE = OUT_DIR / "voltd-profile.txt"
 LUA_SCRIPT = BENCH_DIR / "requests.lua"
 BARE_APP = BENCH_DIR / "bare_app.py"
 

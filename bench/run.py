@@ -48,6 +48,7 @@ from common import (
     HEADROOM,
     HOST,
     OUT_DIR,
+    PROFILE_FILE,
     REPO_DIR,
     SINK_DIRS,
     WARMUP_DRAIN_TIMEOUT,
@@ -81,6 +82,7 @@ from common import (
     write_requests_file,
 )
 from probe import Probe, make_probe_events, report_e2e
+from stages import profile_finish, profile_report, profile_start
 
 from voltd.keys import generate_signing_pair, make_self_signed_cert
 from voltd.spool import SpoolError
@@ -184,6 +186,10 @@ def run_target(setup: Setup, name: str, probe_rate: float | None = None) -> dict
         )
         if e2e_probe is not None:
             e2e_probe.start()
+        profiler = None
+        if reader is not None and args.profile:
+            OUT_DIR.mkdir(parents=True, exist_ok=True)
+            profiler = profile_start(server.pid, args.duration, PROFILE_FILE)
         run = run_wrk(
             setup.wrk,
             url,
@@ -199,6 +205,9 @@ def run_target(setup: Setup, name: str, probe_rate: float | None = None) -> dict
         if e2e_probe is not None:
             e2e_probe.stop_sending()
         out.update(summarize(run))
+        if profiler is not None:
+            out["profile"] = profile_finish(profiler, PROFILE_FILE)
+            print("\n".join(profile_report(out["profile"])), flush=True)
         if server.proc is not None and server.proc.poll() is not None:
             raise BenchError(f"{server.name} died during the load:\n{indent(tail(log_path))}")
         if reader is not None:
@@ -386,6 +395,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=2.0,
         help="commit phase: most seconds per group size (2)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample voltd with py-spy during its load and sum the time by stage "
+        "(`uv run --with py-spy ...`; the profiled run's req/s is not one to compare)",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--seed", type=int, default=1, help="seed for the event mix (1)")
