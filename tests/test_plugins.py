@@ -568,6 +568,23 @@ async def test_lines_are_the_body_as_one_json_line(tmp_path: Path, public_key: P
     assert json.loads(lines[1]) == pretty_doc  # the escaped \n inside the text is untouched
 
 
+async def test_names_that_long_fields_push_past_the_limit_are_shortened(
+    tmp_path: Path, public_key: Path
+) -> None:
+    """Each field is at most 100 characters, but three in one name exceed 255 bytes: the
+    name is shortened with a hash (stable, distinct), instead of every write failing."""
+    sink = file_sink(tmp_path, public_key, "out/{message_id}-{id}-{status}.jsonl")
+    events = [
+        parse(make_event(eid="rfw_" + c * 150, status=c * 150, id="rf_" + c * 150)) for c in "ab"
+    ]
+    for e in [*events, events[0]]:
+        assert isinstance(e, Event)
+        await sink.send(e)
+    files = files_under(tmp_path / "conf" / "out")
+    assert len(files) == 2 and all(len(f.name.encode()) <= 255 for f in files)
+    assert sorted(len(f.read_bytes().splitlines()) for f in files) == [1, 2]
+
+
 HOSTILE = [
     "../../etc/passwd",
     "",

@@ -167,8 +167,12 @@ def parse(raw: bytes) -> Event | Probe:
     Raises EnvelopeError with a short reason when the body is not an envelope at all.
     """
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        text = raw.decode("utf-8")  # JSON on the wire is UTF-8 (RFC 8259), nothing else
+    except UnicodeDecodeError:
+        raise EnvelopeError("body is not UTF-8") from None
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
         raise EnvelopeError("body is not JSON") from None
     if not isinstance(doc, dict):
         raise EnvelopeError("envelope must be a JSON object")
@@ -182,12 +186,23 @@ def parse(raw: bytes) -> Event | Probe:
         raise EnvelopeError("messaging envelope needs a non-empty string 'id'")
     if len(eid) > 200:
         raise EnvelopeError("envelope 'id' is longer than 200 characters")
+    if _has_surrogate(eid):
+        # A "\ud800" escape is valid JSON but no valid text: SQLite cannot store it as a key.
+        raise EnvelopeError("envelope 'id' is not valid Unicode (a lone surrogate escape)")
     if not isinstance(doc.get("payload"), dict):
         raise EnvelopeError("messaging envelope needs an object 'payload'")
     t = doc.get("time")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
         raise EnvelopeError("envelope 'time' must be a number of seconds")
     return Event(id=eid, raw=raw, _envelope=doc)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def from_spool(seq: int, eid: str, raw: bytes) -> Event:

@@ -460,7 +460,10 @@ class Spool:
                 results = await trio.to_thread.run_sync(
                     self._wdb.apply, ingests, records, limiter=self._wlimit
                 )
-            except SpoolError as exc:
+            except Exception as exc:  # a bug costs this batch a 503, not the daemon its life
+                if not isinstance(exc, SpoolError):
+                    log.exception("unexpected error in the spool commit")
+                    exc = SpoolError(f"unexpected {type(exc).__name__}: {exc}")
                 log.error("%s (%d events answered 503)", exc, len(ingests))
                 for item in ingests:
                     item.result = exc

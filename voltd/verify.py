@@ -337,6 +337,12 @@ def too_old(event_time: float | None, max_age: float, now: float) -> bool:
     """
     if max_age <= 0:
         return False
-    if event_time is None or not math.isfinite(event_time):
+    if event_time is None:
         return True
-    return now - event_time > max_age
+    try:
+        t = float(event_time)  # an integer past float range (1e400 written out) overflows
+    except OverflowError:
+        return True
+    if not math.isfinite(t):
+        return True
+    return now - t > max_age

@@ -19,6 +19,7 @@ between tokens) become spaces, so a pretty-printed body still fits on one line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from collections.abc import Sequence
@@ -81,7 +82,8 @@ class FileSink:
         if path is None:
             if len(self._paths) > 4096:  # bounded: dates and numbers keep changing
                 self._paths.clear()
-            path = self._paths[key] = str(self.base / self.template.format_map(values))
+            rendered = _fit_names(self.template.format_map(values))
+            path = self._paths[key] = str(self.base / rendered)
         return path
 
     async def send(self, event: Event) -> None:
@@ -114,6 +116,21 @@ class FileSink:
             if self.fsync and (new or created_dirs):
                 for d in [path.parent, *created_dirs]:
                     _fsync_dir(d)
+
+
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
+def _fit_names(path: str) -> str:
+    """Shorten any file or directory name that several long fields pushed past NAME_MAX,
+    keeping it distinct with a hash of the full name (else every write fails, for good)."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        raw = part.encode()
+        if len(raw) > NAME_MAX:
+            digest = hashlib.sha256(raw).hexdigest()[:16]
+            parts[i] = raw[: NAME_MAX - 17].decode(errors="ignore") + "~" + digest
+    return "/".join(parts)
 
 
 def _makedirs(directory: Path) -> list[Path]:
