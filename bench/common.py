@@ -764,6 +764,21 @@ def raw_latency(
 # -- sink files -----------------------------------------------------------------------------
 
 
+def read_appended(path: Path, offsets: dict[Path, int]) -> bytes:
+    """The complete lines appended to `path` since the last call (`offsets` remembers where
+    each file was read up to); b"" when there are none or the file cannot be read."""
+    offset = offsets.get(path, 0)
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return b""
+    end = data.rfind(b"\n") + 1  # a line being written is read next time
+    offsets[path] = offset + end
+    return data[:end]
+
+
 @dataclass
 class SinkReader:
     """Incrementally reads the file sinks' JSON lines and collects envelope ids per sink."""
@@ -779,18 +794,9 @@ class SinkReader:
             if not base.exists():
                 continue
             for path in base.rglob("*.jsonl"):
-                offset = self.offsets.get(path, 0)
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offset)
-                        data = f.read()
-                except OSError:
-                    continue
-                end = data.rfind(b"\n") + 1  # only complete lines
-                for line in data[:end].splitlines():
+                for line in read_appended(path, self.offsets).splitlines():
                     m = ENVELOPE_ID.search(line)
                     seen[m.group().decode() if m else "?"] += 1
-                self.offsets[path] = offset + end
 
     def lines(self, sink: str) -> int:
         return sum(self.ids.get(sink, Counter()).values())
@@ -1002,16 +1008,7 @@ class LineCounter:
     def poll(self) -> int:
         if self.root.is_dir():
             for path in self.root.rglob("*.jsonl"):
-                offset = self.offsets.get(path, 0)
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offset)
-                        data = f.read()
-                except OSError:
-                    continue
-                end = data.rfind(b"\n") + 1
-                self.count += data.count(b"\n", 0, end)
-                self.offsets[path] = offset + end
+                self.count += read_appended(path, self.offsets).count(b"\n")
         return self.count
 
 

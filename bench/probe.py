@@ -33,6 +33,7 @@ from common import (
     fmt,
     make_events,
     percentiles,
+    read_appended,
 )
 
 # Envelope ids are rfw_<8 hex>_<32 hex>; probes start the 32 with this (still valid hex, so
@@ -182,20 +183,12 @@ class Probe:
                 files = list(self.archive_dir.rglob("*.jsonl")) if self.archive_dir.is_dir() else []
                 last_scan = now
             for path in files:
-                offset = offsets.get(path, 0)
-                try:
-                    with path.open("rb") as f:
-                        f.seek(offset)
-                        data = f.read()
-                except OSError:
-                    continue
-                end = data.rfind(b"\n") + 1
-                offsets[path] = offset + end
-                if mark not in data[:end]:
+                data = read_appended(path, offsets)
+                if mark not in data:
                     continue
                 seen = time.monotonic()
                 with self._lock:
-                    for m in ENVELOPE_ID.finditer(data, 0, end):
+                    for m in ENVELOPE_ID.finditer(data):
                         sample = self.samples.get(m.group().decode())
                         if sample is not None and sample.landed is None:
                             sample.landed = seen

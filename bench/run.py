@@ -74,6 +74,7 @@ from common import (
     post_signed,
     print_load_notes,
     run_wrk,
+    server_exit_problems,
     sign_all,
     summarize,
     tail,
@@ -519,14 +520,7 @@ def report_ingest(results: dict[str, Any], args: argparse.Namespace) -> list[str
         errs = {k: v for k, v in r["socket_errors"].items() if v}
         if errs:
             problems.append(f"{name}: socket errors {errs}")
-        if "error" in r:
-            problems.append(f"{name}: {r['error']}")
-        if r.get("exit_code") not in (0, None):
-            problems.append(
-                f"{name}: exited with status {r['exit_code']} after SIGTERM"
-                + (" (killed after timeout)" if r.get("killed_after_sigterm_timeout") else "")
-                + f"\n{indent(r.get('log_tail', ''))}"
-            )
+        problems += server_exit_problems(name, r)
     ratio = results.get("ratio")
     if ratio:
         print()
