@@ -254,6 +254,13 @@ def test_check_broken_config_names_file_key_and_expectation(
         assert part in result.stderr
 
 
+def test_check_summary_keeps_one_line_per_route(tmp_path: Path, public_key: Path) -> None:
+    deployment(tmp_path, public_key, BASE + GOOD_SINK.replace('name = "all"', 'name = "a\\nb"'))
+    result = voltd("check", "-c", "config.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "  1. 'a\\nb': match everything -> archive" in result.stdout.splitlines()
+
+
 def test_check_reports_every_problem_at_once(tmp_path: Path, public_key: Path) -> None:
     text = BASE + '\n[retry]\ninitial = "soon"\n[numbers]\nx = "nope"\n' + GOOD_SINK
     deployment(tmp_path, public_key, text.replace('sinks = ["archive"]', 'sinks = ["nowhere"]'))

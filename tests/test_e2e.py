@@ -99,7 +99,7 @@ def test_malformed_bodies_get_400_and_the_daemon_keeps_serving(daemon: Daemon) -
         b'{"type": "messaging", "id": "rfw_1"}': "payload",
         b'{"type": "messaging", "id": "rfw_1", "payload": []}': "payload",
         b'{"type": "messaging", "id": "rfw_1", "payload": {}, "time": "soon"}': "time",
-        b"\xff\xfe\x00garbage": "not JSON",
+        b"\xff\xfe\x00garbage": "not UTF-8",
     }
     for body, reason in cases.items():
         r = daemon.post(body)

@@ -8,6 +8,7 @@ value that came from a `${env:…}`/`${file:…}` secret is ever echoed back.
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
 import functools
 import ipaddress
@@ -16,8 +17,9 @@ import math
 import os
 import re
 import ssl
+import sys
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, NamedTuple, TypeVar, get_args, get_origin
@@ -146,6 +148,31 @@ def _short_repr(value: str, limit: int = 80) -> str:
     if len(value) > limit:
         return repr(value[:limit]) + "…"
     return repr(value)
+
+
+def _one_line(text: str) -> str:
+    """`text` as it is, or quoted with escapes when it holds a line break or another character
+    that is not printable: each problem is one line, and `voltd check` prints them one by one."""
+    return text if text.isprintable() else repr(text)
+
+
+#: What a message says instead of a value that came from a `${env:…}`/`${file:…}` secret.
+_HIDDEN: Final = "value hidden: it comes from a secret"
+
+
+def _path_note(path: Path, secret: bool, kind: str = "file") -> str:
+    """`(file /abs/path)` to end a message with, or the path hidden when a secret went into it."""
+    if secret:
+        return f"({kind} hidden: it comes from a secret)"
+    return f"({kind} {_one_line(str(path))})"
+
+
+def _open_error(e: OSError | ValueError) -> str:
+    """Why open() failed, in words. Its only ValueError for paths read here is for a NUL
+    character (lone surrogates cannot come from TOML, UTF-8 files or the environment)."""
+    if isinstance(e, OSError):
+        return e.strerror or type(e).__name__
+    return "the path contains a NUL character"
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,7 +612,9 @@ def _when(ok: Callable[[Any], bool], message: str, *, text: bool = True) -> Befo
 
 
 def _path(value: Any, info: ValidationInfo) -> Path:
-    return _absolute(info.context["base"], _text(value))
+    if "\0" in _text(value):  # no file can be named so; open() would raise ValueError
+        raise _Invalid("expected a path without NUL characters")
+    return _absolute(info.context["base"], value)
 
 
 def _absolute(base: Path, text: str) -> Path:
@@ -593,20 +622,24 @@ def _absolute(base: Path, text: str) -> Path:
     return Path(os.path.abspath(base / os.path.expanduser(text)))
 
 
-def _readable(path: Path) -> Path:
+def _readable(path: Path, *, secret: bool) -> Path:
+    """The path, if the file opens: one the server cannot read fails the check, not the start."""
     try:
         with open(path, "rb"):
             pass
-    except OSError as e:
-        why = f"cannot read: {e.strerror or type(e).__name__} (file {path})"
+    except (OSError, ValueError) as e:
+        why = f"cannot read: {_open_error(e)} {_path_note(path, secret)}"
         raise _Invalid(why, show_input=False) from None
     return path
 
 
-def _directory(path: Path) -> Path:
+def _directory(value: Any, info: ValidationInfo) -> Path:
+    """A path (see `_path`) to a directory that exists: plugins are looked for there."""
+    path = _path(value, info)
     if not path.is_dir():
         why = "not a directory" if path.exists() else "directory does not exist"
-        raise _Invalid(f"{why} (path {path})", show_input=False)
+        secret = value in info.context["secrets"]
+        raise _Invalid(f"{why} {_path_note(path, secret, 'path')}", show_input=False)
     return path
 
 
@@ -634,7 +667,8 @@ def _key_file(value: Any, info: ValidationInfo) -> _KeyFile:
     try:
         return _KeyFile(path, load_public_key_file(path))
     except KeyLoadError as e:
-        raise _Invalid(f"{e} (file {path})", show_input=False) from None
+        note = _path_note(path, value in info.context["secrets"])
+        raise _Invalid(f"{e} {note}", show_input=False) from None
 
 
 def _sink_name(value: Any, info: ValidationInfo) -> str:
@@ -642,7 +676,7 @@ def _sink_name(value: Any, info: ValidationInfo) -> str:
     if _text(value) in sinks:
         return value
     defined = ", ".join(sorted(sinks)) if sinks else "none; add a [sinks.NAME] table"
-    shown = "such sink (value hidden: it comes from a secret)"
+    shown = f"such sink ({_HIDDEN})"
     if value not in info.context["secrets"]:
         shown = f"sink named {_short_repr(value)}"
     raise _Invalid(f"no {shown} (defined: {defined})", show_input=False)
@@ -673,13 +707,20 @@ def _many(item: Any, what: str, empty: str | None = None, *, ints: bool = False)
 
 
 def _int_text(value: Any) -> Any:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
+    try:
+        return str(value)
+    except ValueError:  # past Python's int-to-str limit (tomllib reads such an int in hex)
+        raise _Invalid(
+            "expected an error code like 702 (this integer has too many digits)", show_input=False
+        ) from None
 
 
 def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None, str]:
     """One value of match key `key` as (normalized, as written)."""
-    if not isinstance(value, str):
-        raise _Invalid("expected a string")
+    if not isinstance(value, str):  # error_code's integers are strings by now
+        raise _Invalid(f"expected {_what(key)}")
     secret = value in info.context["secrets"]
     if key == "direction":
         if value.strip().lower() not in DIRECTIONS:
@@ -690,7 +731,7 @@ def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None
             re.compile(value)
         except (re.error, RecursionError, OverflowError, ValueError) as e:
             # re's messages may quote part of the pattern, so none for a secret pattern.
-            tail = "" if secret else f": {e}"
+            tail = "" if secret else f": {_one_line(str(e))}"
             raise _Invalid("not a valid regular expression" + tail, show_input=False) from None
         return value, value
     if key not in NUMBER_KEYS:
@@ -718,11 +759,15 @@ def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None
     raise _Invalid(f"no {shown} in [numbers] (defined: {defined})", show_input=False)
 
 
+def _what(key: str) -> str:
+    """What one value of match key `key` may be, for messages."""
+    return "a string (or integer)" if key == "error_code" else "a string"
+
+
 def _values(key: str) -> Any:
     item = Annotated[Any, BeforeValidator(functools.partial(_match_value, key))]
-    what = "a string (or integer)" if key == "error_code" else "a string"
     empty = "expected at least one value (an empty list never matches)"
-    return _many(item, what, empty, ints=key == "error_code") | None
+    return _many(item, _what(key), empty, ints=key == "error_code") | None
 
 
 def _is(kind: type | tuple[type, ...], message: str) -> BeforeValidator:
@@ -739,9 +784,7 @@ _KeyFiles = _many(
 )
 _PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 _SinkName = Annotated[str, BeforeValidator(_sink_name)]
-_Dirs = _many(
-    Annotated[Path, BeforeValidator(_path), AfterValidator(_directory)], "a directory path"
-)
+_Dirs = _many(Annotated[Path, BeforeValidator(_directory)], "a directory path")
 _SECTION: Final[Any] = pydantic.Field(default_factory=dict, validate_default=True)
 
 
@@ -932,11 +975,17 @@ _SECTION_ORDER: Final = (
 )  # fmt: skip
 
 
-def _tls_problem(certfile: Path, keyfile: Path) -> tuple[str, str] | None:
-    """Load the pair exactly as the server will; if that fails, say which half is wrong."""
+def _tls_problem(certfile: Path, keyfile: Path, hidden: Collection[str]) -> tuple[str, str] | None:
+    """Load the pair exactly as the server will; if that fails, say which half is wrong.
+
+    `hidden` names the keys (certfile, keyfile) whose paths came from secrets.
+    """
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+
+    cert_note = _path_note(certfile, "certfile" in hidden)
+    key_note = _path_note(keyfile, "keyfile" in hidden)
 
     asked: list[bool] = []
 
@@ -955,7 +1004,7 @@ def _tls_problem(certfile: Path, keyfile: Path) -> tuple[str, str] | None:
         x509.load_pem_x509_certificates(certfile.read_bytes())
     except (ValueError, OSError):
         pem = "expected a PEM file ('-----BEGIN CERTIFICATE-----')"
-        return "certfile", f"not a PEM certificate; {pem} (file {certfile})"
+        return "certfile", f"not a PEM certificate; {pem} {cert_note}"
     expected = "expected an unencrypted PEM private key ('-----BEGIN PRIVATE KEY-----')"
     encrypted = bool(asked)
     try:
@@ -964,21 +1013,18 @@ def _tls_problem(certfile: Path, keyfile: Path) -> tuple[str, str] | None:
         encrypted = True
     except (ValueError, UnsupportedAlgorithm, OSError):
         if not encrypted:
-            return "keyfile", f"not a PEM private key; {expected} (file {keyfile})"
+            return "keyfile", f"not a PEM private key; {expected} {key_note}"
     if encrypted:
-        return "keyfile", (
-            f"the private key is encrypted with a passphrase; {expected} (file {keyfile})"
-        )
+        return "keyfile", f"the private key is encrypted with a passphrase; {expected} {key_note}"
     reason = getattr(error, "reason", None) or str(error) or type(error).__name__
     if "MISMATCH" in str(reason).upper() or "MISMATCH" in str(error).upper():
         return "keyfile", (
-            "this private key does not belong to the certificate in server.certfile "
-            f"(file {keyfile})"
+            f"this private key does not belong to the certificate in server.certfile {key_note}"
         )
-    return "certfile", (
-        f"the certificate and key do not load together for TLS: {reason} "
-        f"(files {certfile}, {keyfile})"
-    )
+    files = f"(files {_one_line(str(certfile))}, {_one_line(str(keyfile))})"
+    if hidden:
+        files = "(files hidden: a secret went into their paths)"
+    return "certfile", f"the certificate and key do not load together for TLS: {reason} {files}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1045,18 +1091,17 @@ class _Secrets:
             raise _Invalid(f"empty secret reference '${{{kind}:}}'; expected ${{{kind}:{what}}}")
         if kind == "env":
             if arg not in os.environ:
-                raise _Invalid(f"environment variable {arg} is not set")
+                raise _Invalid(f"environment variable {_one_line(arg)} is not set")
             return os.environ[arg]
         path = _absolute(self.base, arg)
         try:
             with open(path, "rb") as f:
                 content = f.read(1 << 20).decode("utf-8")
-        except OSError as e:
-            raise _Invalid(
-                f"cannot read secret file {path}: {e.strerror or type(e).__name__}"
-            ) from None
-        except UnicodeDecodeError:
-            raise _Invalid(f"secret file {path} is not UTF-8 text") from None
+        except UnicodeDecodeError:  # a ValueError too: caught first
+            raise _Invalid(f"secret file {_one_line(str(path))} is not UTF-8 text") from None
+        except (OSError, ValueError) as e:
+            shown = _one_line(str(path))
+            raise _Invalid(f"cannot read secret file {shown}: {_open_error(e)}") from None
         if content.endswith("\n"):  # the newline an editor adds is not part of the secret
             content = content[:-2] if content.endswith("\r\n") else content[:-1]
         return content
@@ -1079,7 +1124,11 @@ def _got(value: object) -> str:
     if isinstance(value, str):
         return f", got {_short_repr(value)}"
     if isinstance(value, bool | int | float):
-        return f", got {_kind(value)} ({value!r})"
+        try:
+            shown = repr(value)
+        except ValueError:  # past Python's int-to-str limit (tomllib reads such an int in hex)
+            shown = "too many digits to show"
+        return f", got {_kind(value)} ({shown})"
     return f", got {_kind(value)}"
 
 
@@ -1097,7 +1146,7 @@ def _file_problems(err: pydantic.ValidationError, secrets: _Secrets) -> list[tup
             if message == _Sink._expected:  # the only message that names its own key path
                 message = message.format(path=format_key_path(loc))
             if format_key_path(loc) in secrets.paths:
-                message += " (value hidden: it comes from a secret)"
+                message += f" ({_HIDDEN})"
             else:
                 message += _got(error.get("input"))
         out.append((loc, message))
@@ -1135,17 +1184,38 @@ _TLS_HELP: Final = "set both for HTTPS, or neither for plain HTTP behind a TLS p
 _AFTER_TLS: Final = ("server", "keyfile", 0)  # TLS problems are listed after both paths
 
 
-def _cross_checks(data: dict[str, Any], base: Path) -> list[tuple[Loc, str, Loc]]:
+def _from_secret(value: Any, secrets: Collection[str]) -> bool:
+    """Whether a raw value is (or equals) one that came from a secret, so must not be shown."""
+    return isinstance(value, str) and value in secrets
+
+
+def _cross_checks(
+    data: dict[str, Any], base: Path, secrets: Collection[str]
+) -> list[tuple[Loc, str, Loc]]:
     """Checks that involve several keys, run on the raw values.
 
     They run even when a neighbouring key is wrong (which is reported where it is), taking a
     missing or wrong value as its default, so that one pass shows every problem. Each problem
-    comes with the key path it is listed at, as if checked right after that key.
+    comes with the key path it is listed at, as if checked right after that key. Values in
+    `secrets` (those resolved from `${env:…}`/`${file:…}`) are never shown.
     """
-    out: list[tuple[Loc, str, Loc]] = []
     server, admin, retry = (
         data.get(k) if isinstance(data.get(k), dict) else {} for k in ("server", "admin", "retry")
     )
+    routes = data.get("routes")
+    return [
+        *_tls_checks(server, base, secrets),
+        *_bind_checks(server, admin, secrets),
+        *_retry_checks(retry, secrets),
+        *_route_name_checks(routes if isinstance(routes, list) else [], secrets),
+    ]
+
+
+def _tls_checks(
+    server: dict[str, Any], base: Path, secrets: Collection[str]
+) -> list[tuple[Loc, str, Loc]]:
+    """Both TLS files or neither, each readable, and the two a pair the server can load."""
+    out: list[tuple[Loc, str, Loc]] = []
     for given, needed, what in (
         ("certfile", "keyfile", "its private key"),
         ("keyfile", "certfile", "its certificate"),
@@ -1154,54 +1224,95 @@ def _cross_checks(data: dict[str, Any], base: Path) -> list[tuple[Loc, str, Loc]
             why = f"missing: server.{given} is set, so {needed} ({what}) is needed too"
             out.append((("server", needed), f"{why}; {_TLS_HELP}", _AFTER_TLS))
     files: dict[str, Path] = {}
+    hidden = {key for key in ("certfile", "keyfile") if _from_secret(server.get(key), secrets)}
     for key in ("certfile", "keyfile"):
         text = server.get(key)
-        if isinstance(text, str) and text.strip():
+        # Anything else is not a path: the model says so at the key.
+        if isinstance(text, str) and text.strip() and "\0" not in text:
             try:
-                files[key] = _readable(_absolute(base, text))
+                files[key] = _readable(_absolute(base, text), secret=key in hidden)
             except _Invalid as e:
                 out.append((("server", key), str(e), _AFTER_TLS))
     if len(files) == 2:
-        problem = _tls_problem(files["certfile"], files["keyfile"])
+        problem = _tls_problem(files["certfile"], files["keyfile"], hidden)
         if problem is not None:
             out.append((("server", problem[0]), problem[1], _AFTER_TLS))
+    return out
 
-    binds = server.get("bind", _DEFAULT_BIND)
-    binds = [_or_none(_bind, b) for b in (binds if isinstance(binds, list) else [binds])]
+
+def _bind_checks(
+    server: dict[str, Any], admin: dict[str, Any], secrets: Collection[str]
+) -> list[tuple[Loc, str, Loc]]:
+    """The admin listener cannot share a port with the webhook listener."""
+    written = server.get("bind", _DEFAULT_BIND)
+    written = written if isinstance(written, list) else [written]
+    binds = [_or_none(_bind, b) for b in written]
     if not binds or None in binds:
-        binds = [_or_none(_bind, _DEFAULT_BIND)]
-    bind = admin.get("bind", _DEFAULT_ADMIN_BIND)
-    bind = bind and (_or_none(_bind, bind) or _bind(_DEFAULT_ADMIN_BIND))
-    if bind and bind.port != 0 and bind in binds:
-        why = f"{bind} is also in server.bind; expected another port"
-        out.append((("admin", "bind"), why, ("admin", "bind")))
+        written, binds = [_DEFAULT_BIND], [_or_none(_bind, _DEFAULT_BIND)]
+    raw = admin.get("bind", _DEFAULT_ADMIN_BIND)
+    bind = raw and _or_none(_bind, raw)
+    if raw and bind is None:
+        raw, bind = _DEFAULT_ADMIN_BIND, _bind(_DEFAULT_ADMIN_BIND)
+    if not bind or bind.port == 0 or bind not in binds:
+        return []
+    clashing = [text for text, b in zip(written, binds, strict=True) if b == bind]
+    if any(_from_secret(text, secrets) for text in [raw, *clashing]):
+        shown = f"this address ({_HIDDEN})"
+    else:
+        shown = _one_line(str(bind))
+    why = f"{shown} is also in server.bind; expected another port"
+    return [(("admin", "bind"), why, ("admin", "bind"))]
 
-    initial, max_delay = (
-        _or_none(_positive_duration, retry.get(key, default)) or default
-        for key, default in (("initial", 2.0), ("max_delay", 3600.0))
+
+def _retry_checks(retry: dict[str, Any], secrets: Collection[str]) -> list[tuple[Loc, str, Loc]]:
+    """The first retry delay cannot be longer than the longest one."""
+    shown: list[str] = []
+    seconds: list[float] = []
+    for key, default in (("initial", 2.0), ("max_delay", 3600.0)):
+        given = _or_none(_positive_duration, retry.get(key, default))
+        seconds.append(given or default)
+        hidden = given is not None and _from_secret(retry.get(key), secrets)
+        shown.append(_HIDDEN if hidden else f"{seconds[-1]:g}s")
+    if seconds[0] <= seconds[1]:
+        return []
+    why = (
+        f"the first retry delay ({shown[0]}) is longer than retry.max_delay ({shown[1]}); "
+        "expected initial <= max_delay"
     )
-    if initial > max_delay:
-        why = f"the first retry delay ({initial:g}s) is longer than retry.max_delay"
-        out.append(
-            (
-                ("retry", "initial"),
-                f"{why} ({max_delay:g}s); expected initial <= max_delay",
-                ("retry", "give_up_after", 0),
-            )
-        )
+    return [(("retry", "initial"), why, ("retry", "give_up_after", 0))]
 
+
+def _route_name_checks(routes: list[Any], secrets: Collection[str]) -> list[tuple[Loc, str, Loc]]:
+    """Route names are unique, counting the automatic `route N` of a route without a name.
+
+    A clash with an automatic name is reported at the name that is in the file.
+    """
+    out: list[tuple[Loc, str, Loc]] = []
     seen: dict[str, int] = {}
-    routes = data.get("routes")
-    for i, route in enumerate(routes if isinstance(routes, list) else ()):
+    automatic: set[int] = set()
+    for i, route in enumerate(routes):
         if not isinstance(route, dict):
             continue
         name = route.get("name")
-        name = name if isinstance(name, str) and name.strip() else f"route {i + 1}"
-        if seen.setdefault(name, i) != i:
-            why = f"route name {_short_repr(name)} is already used by routes[{seen[name]}]"
-            out.append(
-                (("routes", i, "name"), f"{why}; expected unique names", ("routes", i, "name"))
+        if "name" not in route:
+            name = f"route {i + 1}"
+            automatic.add(i)
+        elif not (isinstance(name, str) and name.strip()):
+            continue  # not a name: reported at the key
+        first = seen.setdefault(name, i)
+        if first == i:
+            continue
+        shown = f"({_HIDDEN})" if _from_secret(name, secrets) else _short_repr(name)
+        if automatic & {first, i}:
+            named, unnamed = (first, i) if i in automatic else (i, first)
+            why = (
+                f"route name {shown} is also the automatic name of routes[{unnamed}], which has "
+                "no name; expected another name"
             )
+        else:
+            named = i
+            why = f"route name {shown} is already used by routes[{first}]; expected unique names"
+        out.append((("routes", named, "name"), why, ("routes", named, "name")))
     return out
 
 
@@ -1226,7 +1337,7 @@ def _check(data: dict[str, Any], source: Path, source_name: str) -> Config:
         f = _File.model_validate(data, context=context)
     except pydantic.ValidationError as e:
         problems = [(loc, message, loc) for loc, message in _file_problems(e, secrets)]
-    problems += _cross_checks(data, source.parent)
+    problems += _cross_checks(data, source.parent, secrets.values)
     if f is None or secrets.problems or problems:
         problems.sort(key=lambda p: _rank(p[2], data))  # stable: cross-checks after the keys
         raise ConfigError(
@@ -1272,6 +1383,60 @@ def _or_none(parse: Callable[[Any], _T], value: Any) -> _T | None:
 
 
 _TOML_POSITION = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$", re.DOTALL)
+#: How much text `_unfinished_line` may parse (about a second) before it gives up.
+_SCAN_BUDGET: Final = 10_000_000
+
+
+def _line_ends(text: str) -> list[int]:
+    """The offset just after each line, so that `text[:end]` holds whole lines."""
+    return [*(m.end() for m in re.finditer("\n", text)), len(text)]
+
+
+def _parses(text: str) -> bool:
+    """Whether tomllib reads `text` without any error."""
+    try:
+        tomllib.loads(text)
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError
+        return False
+    return True
+
+
+def _unfinished_line(text: str) -> int | None:
+    """The line where the statement tomllib found unfinished at the end of the file starts.
+
+    tomllib reports an unclosed string or array only at the end of the document, which does
+    not help find it. Every whole line before that statement parses, and no longer run of
+    lines does (each holds the unfinished start), so it begins right after the longest run
+    of lines that parses. Error path only; None when the file is too long to search.
+    """
+    budget = _SCAN_BUDGET
+    starts = [0, *_line_ends(text)[:-1]]
+    for index in range(len(starts) - 1, -1, -1):
+        budget -= starts[index]
+        if budget < 0:
+            return None
+        if _parses(text[: starts[index]]):
+            return index + 1
+    return None
+
+
+def _huge_integer_line(text: str) -> int:
+    """The line of the integer literal tomllib could not convert (a plain ValueError).
+
+    tomllib reads in order, so a run of whole lines raises that error exactly when it holds
+    the line of that literal: the first such run, found by bisection, ends on its line.
+    """
+
+    def refused(end: int) -> bool:
+        try:
+            tomllib.loads(text[:end])
+        except ValueError as e:
+            return not isinstance(e, tomllib.TOMLDecodeError)
+        except RecursionError:
+            return False
+        return False
+
+    return bisect.bisect_left(_line_ends(text), True, key=refused) + 1
 
 
 def load(path: str | Path) -> Config:
@@ -1298,10 +1463,23 @@ def load(path: str | Path) -> Config:
         if m:
             where = f"line {m.group(2)}, column {m.group(3)}"
             message = m.group(1)
-        else:
-            where = "end of file" if "end of document" in message else "somewhere"
+        elif "end of document" in message:
             message = message.replace(" (at end of document)", "")
+            line = _unfinished_line(text)
+            where = "end of file"
+            if line is not None:  # where the unclosed string, array or table begins
+                where, message = f"line {line}", f"{message} (unfinished at the end of the file)"
+        else:
+            where = "somewhere"
         raise ConfigError([f"{source_name}: {where}: invalid TOML: {message}"]) from None
+    except ValueError:  # after TOMLDecodeError, a subclass: int() refused a huge literal
+        limit = sys.get_int_max_str_digits()
+        raise ConfigError(
+            [
+                f"{source_name}: line {_huge_integer_line(text)}: invalid TOML: an integer has "
+                f"too many digits (more than {limit})"
+            ]
+        ) from None
     except RecursionError:
         raise ConfigError([f"{source_name}: invalid TOML: nested too deeply"]) from None
     try:

@@ -215,13 +215,13 @@ def build_sinks(config: Any, registry: Registry) -> dict[str, Sink]:
 
     Raises config.ConfigError naming the file, the key and what was expected.
     """
-    from voltd.config import ConfigError, validation_problems
+    from voltd.config import ConfigError, format_key_path, validation_problems
 
     problems: list[str] = []
     sinks: dict[str, Sink] = {}
     src = config.source_name
     for name, sc in config.sinks.items():
-        key = f"sinks.{name}"
+        key = format_key_path(("sinks", name))  # quoted as config.load quotes it: sinks."a.b"
         info = registry.sink_types.get(sc.type)
         broken = registry.problems_for(sc.type)
         if info is None and not broken:

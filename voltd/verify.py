@@ -145,6 +145,8 @@ def _read_key_file(path: Path) -> bytes:
             data = f.read(_MAX_KEY_FILE_BYTES + 1)
     except OSError as e:
         raise KeyLoadError(f"cannot read: {e.strerror or type(e).__name__}") from None
+    except ValueError:  # open()'s word for a NUL in the path ("embedded null byte")
+        raise KeyLoadError("cannot read: the path contains a NUL character") from None
     if len(data) > _MAX_KEY_FILE_BYTES:
         raise KeyLoadError(f"too large to be a key (over {_MAX_KEY_FILE_BYTES} bytes)")
     return data

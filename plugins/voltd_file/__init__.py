@@ -44,16 +44,24 @@ class FileSink:
         def _template(cls, value: str) -> str:
             if not value.strip():
                 raise ValueError("expected a file path template, got an empty string")
+            if "\x00" in value:
+                raise ValueError("expected a file path template without NUL characters")
             try:
                 parsed = list(string.Formatter().parse(value))
             except ValueError as exc:
-                raise ValueError(f"not a valid path template: {exc}") from None
+                raise ValueError(
+                    f"not a valid path template: {exc}; expected {{field}} placeholders "
+                    "(write {{ or }} for a literal brace)"
+                ) from None
             for _, name, spec, conv in parsed:
                 if name is None:
                     continue
                 if name not in TEMPLATE_FIELDS or spec or conv:
+                    field = "{" + name + "}"
+                    # Escaped when not printable: a line break would split the problem line.
+                    shown = field if field.isprintable() else repr(field)
                     raise ValueError(
-                        f"unknown template field {{{name}}} (expected one of: "
+                        f"unknown template field {shown} (expected one of: "
                         + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
                         + ")"
                     )
