@@ -60,6 +60,7 @@ from common import (
     Setup,
     SinkReader,
     WrkRun,
+    check,
     check_signature,
     ensure_wrk,
     expected_deliveries,
@@ -69,6 +70,7 @@ from common import (
     http_get,
     https_probe,
     indent,
+    is_noisy,
     make_events,
     memory_mb,
     post_signed,
@@ -355,6 +357,10 @@ def _phase_list(text: str) -> list[str]:
     return names
 
 
+INGEST_TARGET_RATIO = 0.9
+P99_TARGET_RATIO = 1.2
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run.py",
@@ -475,6 +481,34 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Setup:
         probe_events=probes,
         probe_signatures=signatures[len(events) :],
     )
+
+
+def ingest_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ingest targets: voltd keeps >= 0.9x of the bare stack's req/s, p99 <= 1.2x."""
+    ratio = results.get("ratio")
+    if not ratio:
+        return []
+    targets = results["targets"]
+    note = "noisy: other work on the CPUs" if any(is_noisy(r) for r in targets.values()) else ""
+    req, p99 = ratio.get("req_per_s"), ratio.get("p99")
+    return [
+        check(
+            "ingest",
+            "accepted req/s, voltd/bare",
+            fmt(req, ".2f") + "x",
+            f">= {INGEST_TARGET_RATIO:.2f}x",
+            None if req is None else req >= INGEST_TARGET_RATIO,
+            note,
+        ),
+        check(
+            "ingest",
+            "p99 ack latency, voltd/bare",
+            fmt(p99, ".2f") + "x",
+            f"<= {P99_TARGET_RATIO:.2f}x",
+            None if p99 is None else p99 <= P99_TARGET_RATIO,
+            note,
+        ),
+    ]
 
 
 def report_ingest(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -697,7 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.duration} s measured after a {WARMUP_SECONDS} s warm-up"
             )
         problems = report_ingest(results, args)
-        checks: list[dict[str, Any]] = []
+        checks = ingest_checks(results)
         for key, reporter in (
             ("e2e", lambda r: report_e2e(r)),
             ("sinkdown", lambda r: report_sinkdown(r, volt)),
