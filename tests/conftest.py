@@ -33,6 +33,21 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def examples(n: int) -> settings:
+    """`n` examples in CI; a profile that asks for more (HYPOTHESIS_PROFILE=fuzz) keeps its
+    number, so fuzzing is never capped by a test's CI budget. Slow examples are fine here."""
+    loaded = settings.default.max_examples
+    return settings(
+        max_examples=n if loaded <= settings.get_profile("ci").max_examples else max(n, loaded),
+        suppress_health_check={
+            *settings.default.suppress_health_check,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        },
+    )
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "voltd" / "examples"
 
 BASE_CONFIG = """\

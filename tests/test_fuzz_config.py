@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from tests.conftest import examples
 from voltd import config, plugins
 from voltd.config import (
     DURATION_EXPECTED,
@@ -42,18 +43,6 @@ from voltd.keys import generate_signing_pair, make_self_signed_cert
 from voltd.verify import KeyLoadError, load_public_key_file
 
 SECRET = "hunter2-fuzz-secret"
-
-
-def _at_least(n: int) -> settings:
-    """`n` examples unless the loaded profile asks for more (HYPOTHESIS_PROFILE=fuzz does)."""
-    return settings(
-        max_examples=max(settings.default.max_examples, n),
-        suppress_health_check={
-            *settings.default.suppress_health_check,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-        },
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,7 +594,7 @@ def broken_docs(draw: st.DrawFn) -> dict[str, Any]:
 # Properties: files that are not TOML
 
 
-@_at_least(100)
+@examples(100)
 @given(st.binary(max_size=300))
 def test_random_bytes_are_a_config_error(raw: bytes) -> None:
     source, cfg, err = _load(raw)
@@ -682,7 +671,7 @@ _SOUP_LINES = st.one_of(
 )
 
 
-@_at_least(100)
+@examples(100)
 @given(st.lists(_SOUP_LINES, max_size=12), st.sampled_from(["\n", "\r\n"]))
 def test_toml_soup_is_a_config_or_a_config_error(lines: list[str], newline: str) -> None:
     text = newline.join(lines) + newline
@@ -697,7 +686,7 @@ def test_toml_soup_is_a_config_or_a_config_error(lines: list[str], newline: str)
         assert data is not None and isinstance(cfg, Config)
 
 
-@_at_least(100)
+@examples(100)
 @given(
     st.lists(st.text(_CHARS.filter(lambda c: c not in "\r\n"), max_size=20), max_size=8),
     st.sampled_from([b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"\xe2\x82"]),
@@ -726,7 +715,7 @@ _GARBAGE = ["= 1", "[unclosed", "key =", "x = 1 2", "[[]]", 'a = "\\q"', "a = 0x
             "a = {b = 1", "a.b = 1 = 2", "[a] b", "?", "a = 'x"]  # fmt: skip
 
 
-@_at_least(100)
+@examples(100)
 @given(valid_docs(), st.sampled_from(_GARBAGE), st.data())
 def test_syntax_error_names_its_line(
     doc: dict[str, Any], garbage: str, data: st.DataObject
@@ -769,7 +758,7 @@ def _expected_condition(key: str, value: Any, numbers: dict[str, str]) -> str:
     return value.strip().lower() if key == "direction" else value.lower()
 
 
-@_at_least(100)
+@examples(100)
 @given(valid_docs())
 def test_valid_documents_load_with_the_values_written(doc: dict[str, Any]) -> None:
     text = toml_dumps(doc)
@@ -814,7 +803,7 @@ def test_valid_documents_load_with_the_values_written(doc: dict[str, Any]) -> No
     assert cfg.source_name == source
 
 
-@_at_least(100)
+@examples(100)
 @given(st.data())
 def test_durations_in_the_file_are_the_seconds_written(data: st.DataObject) -> None:
     written = {key: data.draw(durations(), label=key) for key in ("initial", "give_up_after")}
@@ -836,7 +825,7 @@ def test_durations_in_the_file_are_the_seconds_written(data: st.DataObject) -> N
     assert math.isclose(cfg.spool.retention, retention[1])
 
 
-@_at_least(100)
+@examples(100)
 @given(broken_docs())
 def test_broken_documents_are_config_errors_naming_key_and_expectation(
     doc: dict[str, Any],
@@ -850,7 +839,7 @@ def test_broken_documents_are_config_errors_naming_key_and_expectation(
     assert SECRET not in str(err)
 
 
-@_at_least(100)
+@examples(100)
 @given(
     st.dictionaries(
         st.sampled_from(list(config._TOP_KEYS)),
@@ -898,7 +887,7 @@ _FILE_PATHS = st.one_of(
 )
 
 
-@_at_least(100)
+@examples(100)
 @given(
     valid_docs(),
     st.lists(
@@ -978,7 +967,7 @@ _DURATION_LIKE = st.one_of(
 )  # fmt: skip
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.one_of(
         _DURATION_LIKE,
@@ -999,7 +988,7 @@ def test_parse_duration_agrees_with_the_documented_grammar(value: Any) -> None:
     assert expected is not None and math.isclose(seconds, expected, rel_tol=1e-12), value
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.one_of(st.integers(0, 10**9), st.decimals(0, 10**6, places=3).map(str)),
     st.sampled_from(list(UNITS)),
@@ -1011,7 +1000,7 @@ def test_duration_round_trips_n_units(n: int | str, unit: str, gap: str, pad: st
     assert math.isclose(seconds, float(n) * UNITS[unit], rel_tol=1e-12)
 
 
-@_at_least(200)
+@examples(200)
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(list(UNITS))), min_size=1,
                 max_size=5), st.sampled_from(["", " "]))  # fmt: skip
 def test_duration_parts_add_up(parts: list[tuple[int, str]], sep: str) -> None:
@@ -1019,7 +1008,7 @@ def test_duration_parts_add_up(parts: list[tuple[int, str]], sep: str) -> None:
     assert math.isclose(parse_duration(text), sum(n * UNITS[u] for n, u in parts), rel_tol=1e-12)
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.floats(0, 1e12, allow_nan=False), st.floats(0, 1e12, allow_nan=False),
     st.sampled_from(list(UNITS)),
@@ -1031,7 +1020,7 @@ def test_duration_is_monotonic_in_the_number(a: float, b: float, unit: str) -> N
     assert parse_duration(low) <= parse_duration(high)
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.one_of(
         st.builds("-{}{}".format, st.integers(0, 999), st.sampled_from([*UNITS, ""])),
@@ -1055,7 +1044,7 @@ def test_duration_rejects_negatives_nan_inf_empty_and_unknown_units(value: Any) 
 _E164 = re.compile(r"\+[1-9][0-9]{2,15}")
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.one_of(
         st.text(max_size=30),
@@ -1092,7 +1081,7 @@ def formatted(draw: st.DrawFn, digits: str) -> str:
     return f"{pad}+{''.join(out)}{pad}"
 
 
-@_at_least(150)
+@examples(150)
 @given(
     st.sampled_from(
         ["15555550123", "442079460958", "49301234567", "33142685300", "61291234567",
@@ -1107,7 +1096,7 @@ def test_formatting_does_not_change_the_number(digits: str, data: st.DataObject)
     assert normalize_number(variant) == compact, variant
 
 
-@_at_least(200)
+@examples(200)
 @given(
     st.one_of(
         st.from_regex(r"[0-9 ()\-.]{1,20}", fullmatch=True),  # no +

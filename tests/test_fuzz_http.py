@@ -42,11 +42,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import trio
-from hypothesis import event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
-from tests.conftest import Daemon, make_event
+from tests.conftest import Daemon, examples, make_event
 from voltd import events as events_mod
 from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.events import as_json_line
@@ -82,14 +82,6 @@ fsync = false
 #: All a deployment directory may hold: event data must never create files elsewhere.
 LAYOUT = {"keys", "tls", "config.toml", "spool.db", "spool.db-wal", "spool.db-shm", "out"}
 LAYOUT_LOCK = "spool.db.lock"
-
-
-def examples(n: int) -> settings:
-    """`n` examples under the stock profile ("ci"); a profile that sets its own number
-    (HYPOTHESIS_PROFILE=fuzz) keeps it, so fuzzing is never capped by a test's CI budget."""
-    loaded = settings.default.max_examples
-    stock = settings.get_profile("default").max_examples
-    return settings(max_examples=n if loaded == stock else loaded)
 
 
 # --------------------------------------------------------------------------------------------

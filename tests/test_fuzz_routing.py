@@ -21,26 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import examples
 from voltd import config, events
 from voltd.events import Event
 from voltd.keys import generate_signing_pair
 from voltd.routing import Explanation, Router
-
-
-def _at_least(n: int) -> settings:
-    """`n` examples unless the loaded profile asks for more (HYPOTHESIS_PROFILE=fuzz does)."""
-    return settings(
-        max_examples=max(settings.default.max_examples, n),
-        suppress_health_check={
-            *settings.default.suppress_health_check,
-            HealthCheck.too_slow,
-            HealthCheck.data_too_large,
-        },
-    )
-
 
 # --------------------------------------------------------------------------------------------
 # Writing route sets as TOML and loading them the way voltd does
@@ -494,7 +482,7 @@ def _check_explanation(
     assert ex.render().endswith("sinks: " + (", ".join(ex.sinks) or "(none)"))
 
 
-@_at_least(150)
+@examples(150)
 @given(ROUTES, UNMATCHED, st.data())
 def test_route_and_explain_follow_the_reference(
     routes: list[dict[str, Any]], unmatched: str | None, data: st.DataObject
@@ -511,7 +499,7 @@ def test_route_and_explain_follow_the_reference(
         _check_explanation(ex, routes, unmatched, payload, verdicts)
 
 
-@_at_least(100)
+@examples(100)
 @given(ROUTES, UNMATCHED, st.data())
 def test_exclude_equal_to_match_silences_the_route(
     routes: list[dict[str, Any]], unmatched: str | None, data: st.DataObject
@@ -530,7 +518,7 @@ def test_exclude_equal_to_match_silences_the_route(
         assert not with_it.explain(event).routes[k].fired
 
 
-@_at_least(100)
+@examples(100)
 @given(ROUTES, ROUTES, UNMATCHED, st.data())
 def test_a_final_route_that_fires_ends_the_evaluation(
     routes: list[dict[str, Any]],
@@ -553,7 +541,7 @@ def test_a_final_route_that_fires_ends_the_evaluation(
         assert ex.sinks[: len(before)] == before
 
 
-@_at_least(100)
+@examples(100)
 @given(NONFINAL_ROUTES, NONFINAL_ROUTES, st.data())
 def test_appending_routes_only_appends_sinks(
     routes: list[dict[str, Any]], more: list[dict[str, Any]], data: st.DataObject
@@ -567,7 +555,7 @@ def test_appending_routes_only_appends_sinks(
         assert len(set(second)) == len(second)
 
 
-@_at_least(100)
+@examples(100)
 @given(NONFINAL_ROUTES, st.data())
 def test_route_order_only_orders_the_sinks(
     routes: list[dict[str, Any]], data: st.DataObject
@@ -580,7 +568,7 @@ def test_route_order_only_orders_the_sinks(
         assert sorted(one.route(event)) == sorted(two.route(event))
 
 
-@_at_least(100)
+@examples(100)
 @given(ROUTES, st.sampled_from(SINKS), st.data())
 def test_unmatched_default_fills_exactly_the_empty_answers(
     routes: list[dict[str, Any]], default: str, data: st.DataObject
@@ -594,7 +582,7 @@ def test_unmatched_default_fills_exactly_the_empty_answers(
         assert defaulted.explain(event).default_applied == (not without)
 
 
-@_at_least(300)
+@examples(300)
 @given(st.one_of(_GLOB, _NUMBER_GLOB.map(_strip_number_formatting)), st.text(max_size=8))
 def test_reference_glob_agrees_with_a_single_route(pattern: str, value: str) -> None:
     """The reference's glob matcher and voltd's compiled glob agree on one status condition
