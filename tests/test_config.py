@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.tomlw import toml_value
 from voltd import config
 from voltd.config import BindAddress, ConfigError, load, normalize_number, parse_duration
 from voltd.keys import generate_signing_pair, make_self_signed_cert
@@ -946,18 +947,6 @@ def test_example_config_loads(
 # Whatever the file says, the answer is a Config or a ConfigError
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-
-
 _KEYS = st.sampled_from(
     [
         *config._TOP_KEYS,
@@ -1015,7 +1004,7 @@ _VALUES = st.recursive(
 )
 @given(st.dictionaries(st.sampled_from(config._TOP_KEYS), _VALUES, max_size=6))
 def test_arbitrary_structures_never_crash(confdir: Path, data: dict[str, Any]) -> None:
-    text = "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in data.items())
+    text = "\n".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in data.items())
     write(confdir, text)
     try:
         c = load("config.toml")

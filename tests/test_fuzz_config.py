@@ -30,6 +30,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.conftest import examples
+from tests.tomlw import toml_dumps, toml_value
 from voltd import config, plugins
 from voltd.config import (
     DURATION_EXPECTED,
@@ -78,97 +79,6 @@ def _load(content: str | bytes) -> tuple[str, Config | None, ConfigError | None]
         return source, config.load(source), None
     except ConfigError as e:
         return source, None, e
-
-
-# --------------------------------------------------------------------------------------------
-# A small TOML writer (no tomli_w here): scalars, dates, arrays, inline tables, [sections] for
-# top-level tables and their sub-tables, [[arrays]] of tables at the top level
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _toml_str(text: str) -> str:
-    out = ['"']
-    for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_str(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + items + "}"
-    raise TypeError(type(value))
-
-
-def _section(path: list[str], table: dict[str, Any]) -> list[str]:
-    out = ["[" + ".".join(_toml_key(p) for p in path) + "]"]
-    subs: list[str] = []
-    for key, value in table.items():
-        if isinstance(value, dict) and len(path) == 1:
-            subs += _section([*path, key], value)
-        else:
-            out.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    return out + subs
-
-
-def toml_dumps(doc: dict[str, Any]) -> str:
-    """TOML text for `doc`; checked against tomllib so a writer bug cannot pass as a finding."""
-    lines: list[str] = []
-    later: list[str] = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            later += _section([key], value)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            for item in value:
-                later.append(f"[[{_toml_key(key)}]]")
-                later += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
-        else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    text = "\n".join([*lines, *later]) + "\n"
-    assert _same(tomllib.loads(text), doc), text
-    return text
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality where NaN equals NaN and types must agree (1 is not 1.0 is not True); tables
-    compare as sets of keys, since the writer puts sub-tables after plain keys."""
-    if type(a) is not type(b) and not (isinstance(a, dt.tzinfo) and isinstance(b, dt.tzinfo)):
-        return False
-    if isinstance(a, dict):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, float) and math.isnan(a):
-        return math.isnan(b)
-    return bool(a == b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,12 +328,14 @@ def _one_or_many(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.one_of(value, st.lists(value, min_size=1, max_size=3))
 
 
+# Plain values: "${" starts a secret reference and "$${" is its escape, checked elsewhere.
+_PLAIN = _TEXT.filter(lambda t: "${" not in t)
 _MATCH_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "direction": _one_or_many(st.sampled_from(["inbound", "outbound", "Inbound", "OUTBOUND"])),
-    "error_code": _one_or_many(st.one_of(st.integers(-(10**6), 10**6), _TEXT)),
+    "error_code": _one_or_many(st.one_of(st.integers(-(10**6), 10**6), _PLAIN)),
     "text": _one_or_many(st.one_of(st.sampled_from(_RE_POOL), _TEXT.map(re.escape))),
     "other": _one_or_many(
-        st.one_of(_TEXT, st.sampled_from(["failed", "Message.*", "SMS", "T-Mobile*"]))
+        st.one_of(_PLAIN, st.sampled_from(["failed", "Message.*", "SMS", "T-Mobile*"]))
     ),
 }
 _NUMBER_VALUES = {
@@ -533,7 +445,7 @@ def valid_docs(draw: st.DrawFn) -> dict[str, Any]:
         flag = iter(draw(_FLAGS)).__next__
         route: dict[str, Any] = {}
         if flag():
-            route["name"] = f"r{i}-" + draw(_TEXT)
+            route["name"] = f"r{i}-" + draw(_PLAIN)
         if flag():
             route["match"] = draw(match_tables(names))
         if flag():
@@ -664,7 +576,7 @@ _SOUP_LINES = st.one_of(
                     "1979-02-30",
                 ]
             ),
-            JUNK.map(_toml_value),
+            JUNK.map(toml_value),
         ),
     ),
     _TEXT,

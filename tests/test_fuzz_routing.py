@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import examples
+from tests.tomlw import toml_str, toml_value
 from voltd import config, events
 from voltd.events import Event
 from voltd.keys import generate_signing_pair
@@ -61,37 +62,13 @@ HEADER = (
 )
 
 
-def _toml_str(text: str) -> str:
-    out = ['"']
-    for c in text:
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c < " " or c == "\x7f":
-            out.append(f"\\u{ord(c):04x}")
-        else:
-            out.append(c)
-    return "".join(out) + '"'
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return "{ " + ", ".join(f"{_toml_str(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-
-
 def load_router(routes: list[dict[str, Any]], unmatched: str | None) -> Router:
     """The router voltd would build from these [[routes]]; the file must be valid."""
     text = HEADER
     for route in routes:
-        text += "\n[[routes]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in route.items())
+        text += "\n[[routes]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in route.items())
     if unmatched is not None:
-        text += f"\n[defaults]\nunmatched = {_toml_str(unmatched)}\n"
+        text += f"\n[defaults]\nunmatched = {toml_str(unmatched)}\n"
     path = _material() / "routes.toml"
     path.write_text(text, encoding="utf-8")
     try:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.tomlw import toml_value
 from voltd import config, events
 from voltd.config import MatchSpec
 from voltd.events import Event
@@ -341,14 +342,6 @@ def _spec(draw: st.DrawFn, min_keys: int = 0) -> dict[str, list[Any]]:
     }
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(value)
-
-
 _ROUTE = st.fixed_dictionaries(
     {
         "match": st.one_of(_spec(), _spec(min_keys=1), _spec(min_keys=2)),
@@ -437,7 +430,7 @@ def test_route_matches_semantics_and_explain_agrees(
         text += "\n[[routes]]\n"
         for key, value in route.items():
             if value is not None and value != {}:
-                text += f"{key} = {_toml(value) if key != 'final' else str(value).lower()}\n"
+                text += f"{key} = {toml_value(value) if key != 'final' else str(value).lower()}\n"
     if unmatched:
         text += f"\n[defaults]\nunmatched = {json.dumps(unmatched)}\n"
     (confdir / "prop.toml").write_text(text, encoding="utf-8")
