@@ -805,6 +805,10 @@ def test_normalize_number(text: str, e164: str) -> None:
         "+1 555 555 0123 x12",
         "++15555550123",
         "+1555555012345678901",
+        # Found by fuzzing: the phone library would return something else than was written.
+        "+624032621859141287",  # "possible", but longer than E.164's 15 digits
+        "+261 725 9009",  # rewritten to +261207259009 (digits added)
+        "+310000000",  # read back as +31000000, then +3100000
     ],
 )
 def test_normalize_number_rejects(text: str) -> None:

@@ -953,7 +953,7 @@ def test_duration_rejects_negatives_nan_inf_empty_and_unknown_units(value: Any) 
 # --------------------------------------------------------------------------------------------
 # normalize_number
 
-_E164 = re.compile(r"\+[1-9][0-9]{2,15}")
+_E164 = re.compile(r"\+[1-9][0-9]{2,14}")  # at most 15 digits
 
 
 @examples(200)

@@ -245,7 +245,21 @@ def normalize_number(text: str) -> str:
         raise ValueError(NUMBER_EXPECTED) from None
     if not phonenumbers.is_possible_number(number):
         raise ValueError(NUMBER_EXPECTED)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(e164) > 16:  # E.164 allows 15 digits; the library's metadata allows some more
+        raise ValueError(NUMBER_EXPECTED)
+    # The library may rewrite a number (a migrated numbering plan adds digits; all-zero
+    # inputs lose some and change again when read back). Keep only what drops formatting and
+    # at most a trunk prefix such as the 0 in "+44 (0)20": anything else is not what was meant.
+    written = iter(c for c in t if c.isdigit())
+    if not all(d in written for d in e164[1:]):
+        raise ValueError(NUMBER_EXPECTED)
+    again = phonenumbers.format_number(
+        phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.E164
+    )
+    if again != e164:
+        raise ValueError(NUMBER_EXPECTED)
+    return e164
 
 
 def _number_glob(text: str) -> str | None:
