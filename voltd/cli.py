@@ -116,12 +116,9 @@ def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]
     return {k: ("***" if config.is_secret("sinks", sink, k) else v) for k, v in options.items()}
 
 
-def _shown(text: str) -> str:
-    """A name from the config on one line: escaped when it holds line breaks or controls."""
-    return text if text.isprintable() else repr(text)
-
-
 def cmd_check(args: argparse.Namespace) -> int:
+    from voltd.config import one_line
+
     config, registry, _sinks = _load_with_sinks(args.config)
     s = config.server
     scheme = "https" if s.certfile else "http"
@@ -146,7 +143,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         out.extend(f"  {name} = {num}" for name, num in config.numbers.items())
     out.append("routes:")
     for i, route in enumerate(config.routes, 1):
-        line = f"  {i}. {_shown(route.name)}{' (final)' if route.final else ''}: "
+        line = f"  {i}. {one_line(route.name)}{' (final)' if route.final else ''}: "
         line += f"match {_fmt_match(_spec_items(route.match))}"
         if route.exclude is not None:
             line += f"; exclude {_fmt_match(_spec_items(route.exclude))}"
@@ -160,7 +157,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             opts = json.dumps(_redacted(config, name, sc.options), default=str)
         except ValueError:  # an integer too long to write out (over 4300 digits)
             opts = "(options too large to show)"
-        out.append(f"  {_shown(name)}: {sc.type} ({origin}) {opts}")
+        out.append(f"  {one_line(name)}: {sc.type} ({origin}) {opts}")
     print("\n".join(out))
     if registry.problems:
         # DESIGN §6: a broken plugin fails `check` even when no configured sink uses it yet.

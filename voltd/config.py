@@ -150,7 +150,7 @@ def _short_repr(value: str, limit: int = 80) -> str:
     return repr(value)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """`text` as it is, or quoted with escapes when it holds a line break or another character
     that is not printable: each problem is one line, and `voltd check` prints them one by one."""
     return text if text.isprintable() else repr(text)
@@ -164,7 +164,7 @@ def _path_note(path: Path, secret: bool, kind: str = "file") -> str:
     """`(file /abs/path)` to end a message with, or the path hidden when a secret went into it."""
     if secret:
         return f"({kind} hidden: it comes from a secret)"
-    return f"({kind} {_one_line(str(path))})"
+    return f"({kind} {one_line(str(path))})"
 
 
 def _open_error(e: OSError | ValueError) -> str:
@@ -745,7 +745,7 @@ def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None
             re.compile(value)
         except (re.error, RecursionError, OverflowError, ValueError) as e:
             # re's messages may quote part of the pattern, so none for a secret pattern.
-            tail = "" if secret else f": {_one_line(str(e))}"
+            tail = "" if secret else f": {one_line(str(e))}"
             raise _Invalid("not a valid regular expression" + tail, show_input=False) from None
         return value, value
     if key not in NUMBER_KEYS:
@@ -1035,7 +1035,7 @@ def _tls_problem(certfile: Path, keyfile: Path, hidden: Collection[str]) -> tupl
         return "keyfile", (
             f"this private key does not belong to the certificate in server.certfile {key_note}"
         )
-    files = f"(files {_one_line(str(certfile))}, {_one_line(str(keyfile))})"
+    files = f"(files {one_line(str(certfile))}, {one_line(str(keyfile))})"
     if hidden:
         files = "(files hidden: a secret went into their paths)"
     return "certfile", f"the certificate and key do not load together for TLS: {reason} {files}"
@@ -1105,16 +1105,16 @@ class _Secrets:
             raise _Invalid(f"empty secret reference '${{{kind}:}}'; expected ${{{kind}:{what}}}")
         if kind == "env":
             if arg not in os.environ:
-                raise _Invalid(f"environment variable {_one_line(arg)} is not set")
+                raise _Invalid(f"environment variable {one_line(arg)} is not set")
             return os.environ[arg]
         path = _absolute(self.base, arg)
         try:
             with open(path, "rb") as f:
                 content = f.read(1 << 20).decode("utf-8")
         except UnicodeDecodeError:  # a ValueError too: caught first
-            raise _Invalid(f"secret file {_one_line(str(path))} is not UTF-8 text") from None
+            raise _Invalid(f"secret file {one_line(str(path))} is not UTF-8 text") from None
         except (OSError, ValueError) as e:
-            shown = _one_line(str(path))
+            shown = one_line(str(path))
             raise _Invalid(f"cannot read secret file {shown}: {_open_error(e)}") from None
         if content.endswith("\n"):  # the newline an editor adds is not part of the secret
             content = content[:-2] if content.endswith("\r\n") else content[:-1]
@@ -1273,7 +1273,7 @@ def _bind_checks(
     if any(_from_secret(text, secrets) for text in [raw, *clashing]):
         shown = f"this address ({_HIDDEN})"
     else:
-        shown = _one_line(str(bind))
+        shown = one_line(str(bind))
     why = f"{shown} is also in server.bind; expected another port"
     return [(("admin", "bind"), why, ("admin", "bind"))]
 

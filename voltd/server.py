@@ -238,11 +238,10 @@ class _HypercornConfig(HypercornConfig):
 
     def create_sockets(self) -> Sockets:
         sockets = super().create_sockets()
+        if not hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux only
+            return sockets
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            if sock.family in (socket.AF_INET, socket.AF_INET6) and hasattr(
-                socket,
-                "TCP_USER_TIMEOUT",  # Linux; accepted connections inherit it
-            ):
+            if sock.family in (socket.AF_INET, socket.AF_INET6):  # accepted ones inherit it
                 sock.setsockopt(
                     socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_TIMEOUT * 1000)
                 )

@@ -29,6 +29,7 @@ import pydantic
 import trio
 
 from voltd import RetryableError, SinkContext, SinkOptions, hookimpl
+from voltd.config import one_line
 from voltd.events import TEMPLATE_FIELDS, Event, as_json_line
 
 
@@ -57,11 +58,8 @@ class FileSink:
                 if name is None:
                     continue
                 if name not in TEMPLATE_FIELDS or spec or conv:
-                    field = "{" + name + "}"
-                    # Escaped when not printable: a line break would split the problem line.
-                    shown = field if field.isprintable() else repr(field)
                     raise ValueError(
-                        f"unknown template field {shown} (expected one of: "
+                        f"unknown template field {one_line('{' + name + '}')} (expected one of: "
                         + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
                         + ")"
                     )
