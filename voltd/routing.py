@@ -16,25 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from voltd.config import CASELESS_KEYS, GLOB_CHARS, NUMBER_KEYS, Config, MatchSpec, RouteConfig
+from voltd.config import Config, MatchSpec, RouteConfig
 from voltd.events import Event
+from voltd.vocabulary import CASELESS_KEYS, GLOB_CHARS, MATCH_FIELDS, NUMBER_KEYS
 
 __all__ = ["ConditionResult", "Explanation", "RouteResult", "Router"]
 
 #: How each match key reads the event: the payload field, and its name in explanations.
 #: `number` is computed from `direction` (see `Event.our_number`).
-_FIELDS: Final[dict[str, str]] = {
-    "number": "our number",
-    "from": "from_number",
-    "to": "to_number",
-    "direction": "direction",
-    "event": "event_type",
-    "status": "status",
-    "message_type": "type",
-    "error_code": "error_code",
-    "carrier": "carrier_name",
-    "text": "text",
-}
+_FIELDS: Final = MATCH_FIELDS
 
 
 def _scalar(value: object) -> str | None:
@@ -311,7 +301,7 @@ class Router:
 
         Same results as `Event.field`/`Event.our_number`, without a method call per key.
         """
-        payload = event.payload
+        payload = event._payload
         direction = _scalar(payload.get("direction"))
         if direction is not None:
             direction = direction.lower()

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
+from voltd.defaults import SIGNATURE_ALGORITHM, SIGNATURE_ENCODING
+
 __all__ = [
     "ALGORITHMS",
     "ENCODINGS",
@@ -220,8 +222,8 @@ class Verifier:
     def __init__(
         self,
         keys: Sequence[RSAPublicKey],
-        algorithm: str = "rsa-pkcs1v15-sha256",
-        encoding: str = "base64",
+        algorithm: str = SIGNATURE_ALGORITHM,
+        encoding: str = SIGNATURE_ENCODING,
     ) -> None:
         if not keys:
             raise ValueError("at least one public key is needed to verify signatures")
@@ -309,8 +311,8 @@ class Signer:
     def __init__(
         self,
         key: RSAPrivateKey,
-        algorithm: str = "rsa-pkcs1v15-sha256",
-        encoding: str = "base64",
+        algorithm: str = SIGNATURE_ALGORITHM,
+        encoding: str = SIGNATURE_ENCODING,
     ) -> None:
         if not isinstance(key, RSAPrivateKey):
             raise TypeError(f"expected an RSA private key, got {type(key).__name__}")
