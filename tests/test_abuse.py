@@ -44,11 +44,11 @@ import httpx
 import trio
 
 from tests.conftest import Daemon, make_event
-from voltd.server import Ingest, _hypercorn_config, make_webhook_app
+from voltd.server import Ingest, hypercorn_config, make_webhook_app
 
 LIVENESS = 10.0  # a well-behaved request is answered within this, whatever else goes on
 STOP_MARGIN = 10.0  # SIGTERM: exit within graceful_timeout plus this
-HC = _hypercorn_config(["127.0.0.1:0"])
+HC = hypercorn_config(["127.0.0.1:0"])
 
 Addr = tuple[str, int]
 TLSStream = trio.SSLStream[trio.SocketStream]

@@ -13,7 +13,7 @@ import trio
 from tests.conftest import make_event
 from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
 from voltd.events import Event, parse
-from voltd.sink import PermanentError, RetryableError
+from voltd.sink import PermanentError, RetryableError, Sink
 from voltd.spool import Spool, SpoolDB
 
 FAST = DeliveryOptions(batch_size=50, attempt_timeout=2.0, idle_poll=0.2)
@@ -26,7 +26,7 @@ def ev(**kw: object) -> Event:
     return e
 
 
-class Recorder:
+class Recorder(Sink):
     def __init__(self) -> None:
         self.got: list[str] = []
 

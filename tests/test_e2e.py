@@ -246,7 +246,9 @@ def test_sigterm_exits_0_and_notifies_systemd(daemon: Daemon, tmp_path: Path) ->
         daemon.start()
     finally:
         del os.environ["NOTIFY_SOCKET"]
-    assert sock.recv(100) == b"READY=1"
+    ready = sock.recv(1000).split(b"\n")
+    assert ready[0] == b"READY=1"
+    assert ready[1] == f"STATUS=serving webhooks on {daemon.url}; admin on {daemon.admin_url}".encode()
     assert daemon.post(make_event()).status_code == 200
     assert daemon.stop(signal.SIGTERM) == 0
     assert sock.recv(100) == b"STOPPING=1"

@@ -4,7 +4,7 @@ DESIGN §4 promises that every mistake is reported before the daemon starts, nam
 the key and what was expected. These properties throw random bytes, TOML-looking soup and
 structurally generated documents (real key names at every level, with wrong types, unknown keys,
 missing keys, huge integers, NaN, dates and mixed arrays) at `config.load` and
-`plugins.configure`, and check every problem line. They are plain sync functions taking only
+`daemon.configure`, and check every problem line. They are plain sync functions taking only
 `@given` arguments so that `fuzz/run.py` can drive them with `fuzz_one_input`.
 
 Bugs found this way are pinned by minimal regression tests at the end; the properties cover
@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import examples
 from tests.tomlw import toml_dumps, toml_value
-from voltd import config, plugins
+from voltd import config, daemon
 from voltd.config import (
     DURATION_EXPECTED,
     NUMBER_EXPECTED,
@@ -774,7 +774,7 @@ def test_any_structure_over_real_keys_is_a_config_or_a_config_error(doc: dict[st
 
 
 # --------------------------------------------------------------------------------------------
-# plugins.configure: sink options validated by the sink type, still only ConfigError
+# daemon.configure: sink options validated by the sink type, still only ConfigError
 
 _FILE_PATHS = st.one_of(
     st.sampled_from(
@@ -827,7 +827,8 @@ def test_plugins_configure_is_sinks_or_a_config_error(
     text = toml_dumps(doc)
     source = _write(text)
     try:
-        cfg, registry, built = plugins.configure(source)
+        plan = daemon.configure(source)
+        cfg, registry, built = plan.config, plan.registry, plan.sinks
     except ConfigError as err:
         located = check_problems(err, source, tomllib.loads(text), text)
         assert SECRET not in str(err)
@@ -1152,7 +1153,7 @@ def test_automatic_route_name_clash_points_at_a_key_in_the_file() -> None:
 def test_sink_option_problem_quotes_a_dotted_sink_name() -> None:
     source = _write('[verify]\npublic_keys = ["volt_id_rsa.pub"]\n[sinks."a.b"]\ntype = "file"\n')
     with pytest.raises(ConfigError) as info:
-        plugins.configure(source)
+        daemon.configure(source)
     assert info.value.problems == [f'{source}: sinks."a.b".path: missing; this key is required']
 
 
@@ -1169,7 +1170,7 @@ def test_error_code_item_of_wrong_type_says_integers_are_fine_too() -> None:
 def test_file_sink_template_with_lone_brace_says_what_was_expected() -> None:
     source = _write(_MINIMAL + 'path = "archive/date}.jsonl"\n')
     with pytest.raises(ConfigError) as info:
-        plugins.configure(source)
+        daemon.configure(source)
     [problem] = info.value.problems
     assert problem.startswith(f"{source}: sinks.a.path: ") and "expected" in problem, problem
 

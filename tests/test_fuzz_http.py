@@ -50,9 +50,10 @@ from tests.conftest import Daemon, examples, make_event
 from voltd import events as events_mod
 from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.events import as_json_line
-from voltd.plugins import build_sinks, configure
+from voltd.daemon import configure
+from voltd.plugins import build_sinks
 from voltd.routing import Router
-from voltd.server import Ingest, make_webhook_app
+from voltd.server import Ingest, IngestSettings, make_webhook_app
 from voltd.spool import Spool
 from voltd.verify import Verifier
 
@@ -615,17 +616,20 @@ class InProcess:
     def __init__(self, root: Path) -> None:
         d = Daemon(root)  # conftest's keys, certificate and config; never started here
         d.configure(body=ROUTES)
-        self.config, self.registry, _ = configure(d.config)
+        plan = configure(d.config)
+        self.config, self.registry = plan.config, plan.registry
         self.ledger = Ledger(root, d.signer.sign)
         # Built once (making the app costs more than a request); each example gives the
         # ingest its own spool, as a reload swaps attributes of a running one.
         self.ingest = Ingest(
-            verifier=Verifier(self.config.verify.keys),
-            header=HEADER,
-            max_age=MAX_AGE,
-            router=Router.from_config(self.config),
+            IngestSettings(
+                verifier=Verifier(self.config.verify.keys),
+                header=HEADER,
+                max_age=MAX_AGE,
+                router=Router.from_config(self.config),
+                answer_probes=True,
+            ),
             spool=None,  # type: ignore[arg-type]
-            answer_probes=True,
         )
         self.app = make_webhook_app(self.ingest, PATH, LIMIT)
 

@@ -40,7 +40,7 @@ def plugin_source(
         [
             "import voltd",
             "",
-            f"class {cls}:",
+            f"class {cls}(voltd.Sink):",
             "    class Options(voltd.SinkOptions):",
             "        url: str",
             "        retries: int = 3",
@@ -302,7 +302,9 @@ def test_sink_class_without_an_options_model_is_rejected(tmp_path: Path, body: s
     assert len(registry.problems) == 1
     problem = registry.problems[0]
     assert problem.origin == Origin("bare", path=str(path))
-    assert problem.message == "sink type 'bare': class needs an `Options` pydantic model"
+    assert problem.message == (
+        "sink type 'bare': class needs an `Options` pydantic model (subclass voltd.SinkOptions)"
+    )
     assert problem.sink_types == ("bare",)
 
 
@@ -312,7 +314,7 @@ def test_sink_class_without_send_is_rejected(tmp_path: Path) -> None:
     registry = discover([tmp_path])
     assert "nosend" not in registry.sink_types
     assert [p.message for p in registry.problems] == [
-        "sink type 'nosend': class needs an async `send(event)`"
+        "sink type 'nosend': class does not implement send"
     ]
 
 

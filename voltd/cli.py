@@ -1,4 +1,4 @@
-"""Command line: `voltd serve|check|route|send|keygen|demo|spool|plugins|register`.
+"""Command line: `voltd serve|check|route|send|keygen|demo|spool|plugins|plugin|register`.
 
 Exit codes: 0 success, 1 runtime failure (cannot listen, spool locked, request refused),
 2 bad configuration or bad input (the message names the file, the key and the expectation).
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from voltd import __version__
+from voltd import __version__, defaults
 
 log = logging.getLogger("voltd")
 
@@ -43,9 +43,9 @@ def _load(path: str) -> Any:
         raise SystemExit(2) from None
 
 
-def _load_with_sinks(path: str) -> tuple[Any, Any, dict[str, Any]]:
+def _configure(path: str) -> Any:
     from voltd.config import ConfigError
-    from voltd.plugins import configure
+    from voltd.daemon import configure
 
     try:
         return configure(path)
@@ -71,13 +71,13 @@ def _find_os_error(exc: BaseException) -> OSError | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from voltd.server import Daemon
+    from voltd.daemon import Daemon
     from voltd.spool import SpoolError
 
-    config, registry, sinks = _load_with_sinks(args.config)
-    for problem in registry.problems:
+    plan = _configure(args.config)
+    for problem in plan.registry.problems:
         log.warning("%s", problem)
-    daemon = Daemon(config, sinks)
+    daemon = Daemon(plan)
     try:
         trio.run(daemon.run)
     except SpoolError as exc:
@@ -119,7 +119,8 @@ def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]
 def cmd_check(args: argparse.Namespace) -> int:
     from voltd.config import one_line
 
-    config, registry, _sinks = _load_with_sinks(args.config)
+    plan = _configure(args.config)
+    config, registry = plan.config, plan.registry
     s = config.server
     scheme = "https" if s.certfile else "http"
     out = [f"{config.source_name}: OK"]
@@ -202,21 +203,115 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _type_name(annotation: Any) -> str:
+    """A readable type for `voltd plugins`: `str`, `list[str]`, `bool | None`."""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation)
+    for noise in ("typing.", "pathlib.", "collections.abc.", "voltd.templates.", "NoneType"):
+        text = text.replace(noise, "None" if noise == "NoneType" else "")
+    return text
+
+
+def option_rows(model: Any) -> list[dict[str, Any]]:
+    """Each option of a sink's Options model: name, type, default, description."""
+    import pydantic_core
+
+    rows = []
+    for name, info in model.model_fields.items():
+        required = info.is_required()
+        default: Any = None
+        if not required:
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, pydantic_core.PydanticUndefinedType):  # pragma: no cover
+                default = None
+        rows.append(
+            {
+                "name": info.alias or name,
+                "type": _type_name(info.annotation),
+                "required": required,
+                "default": default,
+                "description": info.description or "",
+            }
+        )
+    return rows
+
+
+def _source_file(cls: type) -> str | None:
+    import inspect
+
+    try:
+        return inspect.getsourcefile(cls)
+    except TypeError:
+        return None
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from voltd.plugins import discover
 
     dirs = _load(args.config).plugin_dirs if args.config else []
     registry = discover(dirs)
-    print("sink types:")
+    types = []
     for name, info in sorted(registry.sink_types.items()):
-        print(f"  {name}: {info.cls.__module__}.{info.cls.__qualname__} ({info.origin})")
-    if not registry.sink_types:
+        o = info.origin
+        types.append(
+            {
+                "type": name,
+                "plugin": o.plugin,
+                "distribution": o.distribution,
+                "version": o.version,
+                "path": o.path,
+                "class": f"{info.cls.__module__}.{info.cls.__qualname__}",
+                "source": _source_file(info.cls),
+                "options": option_rows(info.cls.Options),
+            }
+        )
+    if args.json:
+        out = {
+            "sink_types": types,
+            "disabled": [str(o) for o in registry.blocked],
+            "problems": [str(p) for p in registry.problems],
+        }
+        print(json.dumps(out, indent=2, default=str))
+        return 1 if registry.problems else 0
+    print("sink types:")
+    for name, t in zip(sorted(registry.sink_types), types, strict=True):
+        print(f"  {name}: {t['class']} ({registry.sink_types[name].origin})")
+        if t["source"]:
+            print(f"    source: {t['source']}")
+        print("    options:" if t["options"] else "    options: none")
+        for row in t["options"]:
+            if row["required"]:
+                default = "required"
+            else:
+                default = "default " + json.dumps(row["default"], default=str)
+            line = f"      {row['name']} ({row['type']}, {default})"
+            if row["description"]:
+                line += f": {row['description']}"
+            print(line)
+    if not types:
         print("  (none)")
+    if registry.blocked:
+        print("disabled by VOLTD_DISABLE_PLUGINS:")
+        for origin in registry.blocked:
+            print(f"  {origin}")
     if registry.problems:
         print("problems:")
         for problem in registry.problems:
             print(f"  {problem}")
         return 1
+    return 0
+
+
+def cmd_plugin_new(args: argparse.Namespace) -> int:
+    from voltd.scaffold import ScaffoldError, scaffold
+
+    try:
+        root = scaffold(args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        _fail(str(exc))
+    print(f"made {root}: a voltd plugin distribution with one sink type, {args.name!r}")
+    print(f"next: cd {root} && uv run pytest   (or: pip install -e {root} beside voltd)")
     return 0
 
 
@@ -375,9 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", required=True, help="PEM private key (from `voltd keygen`)")
     sp.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
     sp.add_argument("--cacert", help="trust this CA / self-signed certificate file")
-    sp.add_argument("--header", default="X-Respond-Flow-Signature")
-    sp.add_argument("--algorithm", default="rsa-pkcs1v15-sha256")
-    sp.add_argument("--encoding", default="base64", choices=["base64", "hex"])
+    sp.add_argument("--header", default=defaults.SIGNATURE_HEADER)
+    sp.add_argument("--algorithm", default=defaults.SIGNATURE_ALGORITHM)
+    sp.add_argument("--encoding", default=defaults.SIGNATURE_ENCODING, choices=["base64", "hex"])
     sp.add_argument("--timeout", type=float, default=30.0)
     sp.add_argument("event", help="a Volt envelope as JSON, sent byte for byte")
     sp.set_defaults(func=cmd_send)
@@ -404,9 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--api", default="https://api.respondflow.com/graphql")
     sp.set_defaults(func=cmd_register)
 
-    sp = sub.add_parser("plugins", help="list sink types and where they came from")
+    sp = sub.add_parser("plugins", help="list sink types, where they came from, their options")
     with_config(sp, required=False)
+    sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_plugins)
+
+    sp = sub.add_parser("plugin", help="plugin authoring: `voltd plugin new NAME`")
+    plugin_sub = sp.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
+    new = plugin_sub.add_parser(
+        "new", help="scaffold a plugin distribution (pyproject, sink, test)"
+    )
+    new.add_argument("name", help="the sink type name, e.g. teams")
+    new.add_argument("--dir", default=".", help="where to create voltd-NAME/ (default: here)")
+    new.set_defaults(func=cmd_plugin_new)
     return p
 
 

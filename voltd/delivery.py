@@ -5,6 +5,9 @@ Every attempt ends in an Outcome committed to the spool: delivered, retry at a l
 (exponential backoff with jitter), or dead letter once `give_up_after` has passed since the
 event arrived (or at once on a PermanentError). A delivery that was in flight when the
 process died is simply still pending in the spool and is sent again: at-least-once.
+
+A failing sink is paused as a whole (at least as long as its `Retry-After` asked); a sink
+whose endpoint is gone (`EndpointGone`) is disabled until a reload, its events waiting.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from dataclasses import dataclass
 
 import trio
 
-from voltd.sink import PermanentError, Sink
+from voltd.defaults import RETRY_GIVE_UP_AFTER, RETRY_INITIAL, RETRY_MAX_DELAY
+from voltd.events import with_names
+from voltd.plugins import close_sink
+from voltd.sink import EndpointGone, PermanentError, RetryableError, Sink, SinkError
 from voltd.spool import Due, Outcome, SinkChange, Spool, SpoolError, State
 
 log = logging.getLogger("voltd.delivery")
@@ -26,9 +32,9 @@ log = logging.getLogger("voltd.delivery")
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    initial: float = 2.0
-    max_delay: float = 3600.0
-    give_up_after: float = 86400.0
+    initial: float = RETRY_INITIAL
+    max_delay: float = RETRY_MAX_DELAY
+    give_up_after: float = RETRY_GIVE_UP_AFTER
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Delay before attempt `attempts + 1`: doubling from `initial`, capped, with jitter.
@@ -80,13 +86,23 @@ class SinkWorker:
         spool: Spool,
         policy: RetryPolicy,
         options: DeliveryOptions | None = None,
+        *,
+        names: Mapping[str, str] | None = None,
+        origin: str = "",
     ) -> None:
         self.name = name
         self.sink = sink
         self.spool = spool
         self.policy = policy
         self.options = options or DeliveryOptions()
+        self.names: Mapping[str, str] = names or {}  # `[numbers]`, for Event.our_name
+        self.origin = origin  # the plugin, for reports of its bugs
         self.stopping = False
+        #: Why the sink is disabled (its endpoint said it is gone), or None. A disabled sink
+        #: is not tried again until `enable()` (a reload); its events wait in the spool.
+        self.disabled: str | None = None
+        self._enabled = trio.Event()
+        self._bug_reported = False
         #: Attempts in a row that failed with a retryable error, and when to try again.
         #: While a sink is failing, new events wait with the rest instead of each being
         #: tried, failing and recorded on its own: a sink that is down costs ingest nothing.
@@ -97,7 +113,16 @@ class SinkWorker:
         self._fresh = True
         #: Events per attempt: a sink may say it takes more at once (`max_batch`), which
         #: matters when a backlog drains (one write and fsync per batch for a file).
-        self.batch_size = int(getattr(sink, "max_batch", 0) or self.options.batch_size)
+        self.batch_size = sink.max_batch or self.options.batch_size
+        self.batches = sink.takes_batches
+
+    def enable(self) -> None:
+        """Lift a `disabled` state (reload): what waited is tried at once."""
+        if self.disabled is not None:
+            log.info("sink %s: enabled again (was disabled: %s)", self.name, self.disabled)
+            self.disabled = None
+            self._fresh = True  # its first success makes everything waiting due now
+            self._enabled.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """Deliver until stopped, touching the spool as little as possible: every spool call
@@ -106,6 +131,10 @@ class SinkWorker:
         opts = self.options
         next_retry = await self.spool.next_due_at(self.name)  # left pending by a restart
         while not self.stopping:
+            if self.disabled is not None:
+                self._enabled = trio.Event()
+                await self._enabled.wait()
+                continue
             wake = self.spool.wakeup(self.name)
             now = time.time()
             if self.paused_until is not None and now < self.paused_until:
@@ -150,19 +179,36 @@ class SinkWorker:
     async def attempt(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
         """Deliver what is due; say what happened to each delivery, and the retryable error
         that stopped the sink, if one did."""
-        batch = getattr(self.sink, "send_batch", None)
-        if batch is None or len(due) == 1:
+        names = self.names
+        for d in due:
+            with_names(d.event, names)
+        if not self.batches or len(due) == 1:
             return await self._one_by_one(due)
         try:
             with trio.fail_after(self.options.attempt_timeout):
-                await batch([d.event for d in due])
+                await self.sink.send_batch([d.event for d in due])
         except PermanentError:
             # One undeliverable event must not take its neighbours down with it.
             return await self._one_by_one(due)
         except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
-            exc = _timeout_or(exc, self.options)
+            exc = self._unexpected(_timeout_or(exc, self.options))
             return [self._failed(d, exc, permanent=False) for d in due], exc
         return [self._delivered(d) for d in due], None
+
+    def _unexpected(self, exc: Exception) -> Exception:
+        """A sink should raise SinkError subclasses; anything else is a plugin bug, retried
+        like a RetryableError and reported with its traceback once per run of failures."""
+        if not isinstance(exc, SinkError | TimeoutError) and not self._bug_reported:
+            self._bug_reported = True
+            log.error(
+                "sink %s: %s raised an unexpected %s (a plugin bug; retried like a retryable "
+                "error)",
+                self.name,
+                self.origin or "its plugin",
+                type(exc).__name__,
+                exc_info=exc,
+            )
+        return exc
 
     async def _one_by_one(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
         out: list[Outcome] = []
@@ -175,7 +221,7 @@ class SinkWorker:
             except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
                 # The sink is failing: the rest of the batch waits for the same backoff
                 # rather than each running into the same wall.
-                exc = _timeout_or(exc, self.options)
+                exc = self._unexpected(_timeout_or(exc, self.options))
                 out.extend(self._failed(x, exc, permanent=False) for x in due[i:])
                 return out, exc
             else:
@@ -189,9 +235,24 @@ class SinkWorker:
         if failure is None:
             recovered = self.failures > 0 or self._fresh
             self.failures, self.paused_until, self._fresh = 0, None, False
+            self._bug_reported = False
             return SinkChange(self.name, release=True) if recovered else None
+        if isinstance(failure, EndpointGone):
+            # Nothing expires while disabled: the events wait for the operator, however long.
+            self.disabled = _describe(failure)
+            log.error(
+                "sink %s: disabled, its endpoint is gone (%s); its events wait in the spool "
+                "until a reload (SIGHUP)",
+                self.name,
+                self.disabled,
+            )
+            return None
         self.failures += 1
         pause = min(self.policy.delay(self.failures), self.options.max_pause)
+        asked = failure.retry_after if isinstance(failure, RetryableError) else None
+        if asked is not None and asked > 0:
+            # The other side said when: the whole sink waits, not each event on its own.
+            pause = max(pause, min(asked, self.policy.max_delay))
         self.paused_until = now + pause
         return SinkChange(
             self.name,
@@ -207,6 +268,8 @@ class SinkWorker:
         now = time.time()
         seq = d.event.seq or 0
         err = _describe(exc)
+        if isinstance(exc, EndpointGone):  # waits, due again when the sink is enabled
+            return Outcome(self.name, seq, State.PENDING, attempts, now, err)
         if permanent or now - d.received_at >= self.policy.give_up_after:
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
         return Outcome(
@@ -290,7 +353,7 @@ class Deliveries:
 
         self.workers[worker.name] = worker
         self._scopes[worker.name] = (scope, done)
-        await self._nursery.start(supervised)
+        await self._nursery.start(supervised, name=f"voltd sink {worker.name}")
 
     async def stop(self, name: str) -> None:
         """Stop one worker: what is in flight may finish within `grace`, the rest stays
@@ -301,13 +364,7 @@ class Deliveries:
         worker.spool.wake(name)
         scope.deadline = trio.current_time() + self.grace
         await done.wait()
-        close = getattr(worker.sink, "aclose", None)
-        if close is not None:
-            with trio.move_on_after(5):
-                try:
-                    await close()
-                except Exception as exc:  # noqa: BLE001 - closing is best effort
-                    log.warning("sink %s: aclose failed: %s", name, exc)
+        await close_sink(name, worker.sink)
 
 
 async def run_workers(

@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from voltd.daemon import Daemon, configure
 from voltd.keys import generate_signing_pair, make_self_signed_cert
-from voltd.plugins import configure
-from voltd.server import Daemon
 from voltd.verify import Signer, load_private_key_file
 
 CONFIG = """\
@@ -150,9 +149,10 @@ def _variants(now: int) -> list[tuple[str, bytes]]:
 
 
 async def _drive(workdir: Path) -> list[Sent]:
-    config, _, sinks = configure(workdir / "config.toml")
+    plan = configure(workdir / "config.toml")
+    config = plan.config
     signer = Signer(load_private_key_file(workdir / "keys" / "volt_signing_key.pem"))
-    daemon = Daemon(config, sinks)
+    daemon = Daemon(plan)
     sent: list[Sent] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(

@@ -10,9 +10,18 @@ import datetime as _dt
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
+
+from voltd.vocabulary import DIRECTIONS, MATCH_FIELDS
+
+# Payload field names, from the vocabulary that config and routing share.
+_FROM, _TO, _DIRECTION, _EVENT, _STATUS, _TYPE, _TEXT = (
+    MATCH_FIELDS[k] for k in ("from", "to", "direction", "event", "status", "message_type", "text")
+)
+_INBOUND, _OUTBOUND = DIRECTIONS
 
 
 class EnvelopeError(ValueError):
@@ -26,40 +35,98 @@ class Probe:
     type: str | None
 
 
-@dataclass(slots=True)
 class Event:
-    """One messaging envelope as Volt sent it.
+    """One messaging event as Volt sent it, read-only: what every sink is handed.
 
-    `raw` is the request body byte for byte; `envelope` its parsed JSON. `seq` is the spool's
-    row number once stored.
+    `raw` is the request body byte for byte (pass it on unchanged: unknown fields included);
+    `envelope` and `payload` are its parsed JSON as read-only mappings (arrays as tuples), and
+    `to_dict()` gives a fresh, plain copy to modify. The properties below read the payload
+    fields Volt documents, as strings (None when absent, null, or not a scalar).
     """
 
-    id: str
-    raw: bytes
-    _envelope: dict[str, Any] | None = field(default=None, repr=False)
-    seq: int | None = None
-    _digest: bytes | None = field(default=None, repr=False)
+    __slots__ = ("_digest", "_doc", "_id", "_names", "_raw", "_seq", "_view")
+
+    def __init__(
+        self,
+        id: str,
+        raw: bytes,
+        *,
+        doc: dict[str, Any] | None = None,
+        seq: int | None = None,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        self._id = id
+        self._raw = raw
+        self._doc = doc  # parsed on first use: a file sink with a fixed path never needs it
+        self._seq = seq
+        self._names: Mapping[str, str] = names if names is not None else {}
+        self._digest: bytes | None = None
+        self._view: Mapping[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"Event(id={self._id!r}, seq={self._seq!r})"
 
     @property
-    def envelope(self) -> dict[str, Any]:
-        # An event read back from the spool is parsed only if a sink looks inside it: a file
-        # sink with a fixed path writes `raw` as it is.
-        if self._envelope is None:
-            self._envelope = json.loads(self.raw)
-        return self._envelope
+    def id(self) -> str:
+        """The envelope id (`rfw_…`)."""
+        return self._id
 
     @property
-    def payload(self) -> dict[str, Any]:
-        return self.envelope["payload"]
+    def raw(self) -> bytes:
+        """The request body exactly as Volt sent (and signed) it."""
+        return self._raw
+
+    @property
+    def seq(self) -> int | None:
+        """The spool's number for this event (stable across retries), once stored."""
+        return self._seq
+
+    @property
+    def _envelope(self) -> dict[str, Any]:
+        # Internal, mutable-by-nobody plain dict: routing reads it per request.
+        doc = self._doc
+        if doc is None:
+            doc = self._doc = json.loads(self._raw)
+        return doc
+
+    @property
+    def _payload(self) -> dict[str, Any]:
+        return self._envelope["payload"]  # type: ignore[no-any-return]
+
+    @property
+    def envelope(self) -> Mapping[str, Any]:
+        """The parsed envelope, read-only (`type`, `id`, `payload`, `time`, and any more)."""
+        if self._view is None:
+            self._view = _frozen(self._envelope)
+        return self._view
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        """The envelope's `payload`, read-only."""
+        return self.envelope["payload"]  # type: ignore[no-any-return]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A fresh, plain copy of the envelope, yours to change."""
+        return json.loads(self._raw)  # type: ignore[no-any-return]
+
+    def json_line(self) -> bytes:
+        """The body on one line (see `as_json_line`): a JSON Lines record."""
+        return as_json_line(self._raw)
 
     @property
     def time(self) -> int | float | None:
-        t = self.envelope.get("time")
+        """The envelope's `time` (Unix seconds), or None."""
+        t = self._envelope.get("time")
         return t if isinstance(t, int | float) and not isinstance(t, bool) else None
+
+    @property
+    def when(self) -> _dt.datetime | None:
+        """The envelope's `time` as an aware UTC datetime, or None."""
+        return _when(self)
 
     def field(self, name: str) -> str | None:
         """A payload field as a string, or None when absent, null or not a scalar."""
-        value = self.payload.get(name)
+        value = self._payload.get(name)
         if value is None or isinstance(value, dict | list):
             return None
         if isinstance(value, bool):
@@ -68,27 +135,52 @@ class Event:
 
     @property
     def direction(self) -> str | None:
-        d = self.field("direction")
+        """`inbound` or `outbound` (lower-cased), or what else Volt sent."""
+        d = self.field(_DIRECTION)
         return d.lower() if d else None
 
     @property
     def our_number(self) -> str | None:
         """Our side of the conversation: the recipient when inbound, the sender when outbound."""
         d = self.direction
-        if d == "inbound":
-            return self.field("to_number")
-        if d == "outbound":
-            return self.field("from_number")
+        if d == _INBOUND:
+            return self.field(_TO)
+        if d == _OUTBOUND:
+            return self.field(_FROM)
         return None
 
     @property
     def their_number(self) -> str | None:
+        """The other party: the sender when inbound, the recipient when outbound."""
         d = self.direction
-        if d == "inbound":
-            return self.field("from_number")
-        if d == "outbound":
-            return self.field("to_number")
+        if d == _INBOUND:
+            return self.field(_FROM)
+        if d == _OUTBOUND:
+            return self.field(_TO)
         return None
+
+    @property
+    def our_name(self) -> str | None:
+        """The `[numbers]` name of our number (e.g. "front-desk"), or None."""
+        number = self.our_number
+        return self._names.get(number) if number is not None else None
+
+    @property
+    def message_id(self) -> str | None:
+        """The message's id (`rf_…`); the same for every event about one message."""
+        return self.field("id")
+
+    @property
+    def status(self) -> str | None:
+        return self.field(_STATUS)
+
+    @property
+    def event_type(self) -> str | None:
+        return self.field(_EVENT)
+
+    @property
+    def text(self) -> str | None:
+        return self.field(_TEXT)
 
     @property
     def digest(self) -> bytes:
@@ -100,18 +192,28 @@ class Event:
         """
         if self._digest is None:
             canon = json.dumps(
-                self.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+                self._payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False
             )
             self._digest = hashlib.sha256(canon.encode("utf-8", "surrogatepass")).digest()[:16]
         return self._digest
 
-    def template_fields(self, names: Iterable[str] | None = None) -> dict[str, str]:
-        """Values for sink path/message templates; every value is safe inside a file name.
+    def path_values(self, names: Iterable[str] | None = None) -> dict[str, str]:
+        """Values for file path templates (`PATH_FIELDS`), each safe as one file name: event
+        data can never steer a path. For messages, use `voltd.templates` instead.
 
         Pass the names a template uses: computing only those keeps per-event work small.
         """
         getters = _FIELD_GETTERS
         return {name: safe_component(getters[name](self)) for name in names or getters}
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep view of parsed JSON: tables as mappings, arrays as tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _when(event: Event) -> _dt.datetime | None:
@@ -134,18 +236,18 @@ _FIELD_GETTERS: dict[str, Callable[[Event], str | None]] = {
     "message_id": lambda e: e.field("id"),
     "our_number": lambda e: e.our_number,
     "their_number": lambda e: e.their_number,
-    "from_number": lambda e: e.field("from_number"),
-    "to_number": lambda e: e.field("to_number"),
+    "from_number": lambda e: e.field(_FROM),
+    "to_number": lambda e: e.field(_TO),
     "direction": lambda e: e.direction,
-    "event": lambda e: e.field("event_type"),
-    "status": lambda e: e.field("status"),
-    "type": lambda e: e.field("type"),
+    "event": lambda e: e.field(_EVENT),
+    "status": lambda e: e.field(_STATUS),
+    "type": lambda e: e.field(_TYPE),
     "date": _strftime("%Y-%m-%d"),
     "month": _strftime("%Y-%m"),
     "hour": _strftime("%H"),
 }
-#: The fields a template may use, e.g. "archive/{our_number}/{date}.jsonl".
-TEMPLATE_FIELDS: tuple[str, ...] = tuple(_FIELD_GETTERS)
+#: The fields a file path template may use, e.g. "archive/{our_number}/{date}.jsonl".
+PATH_FIELDS: tuple[str, ...] = tuple(_FIELD_GETTERS)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9+_.@-]")
@@ -194,7 +296,7 @@ def parse(raw: bytes) -> Event | Probe:
     t = doc.get("time")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
         raise EnvelopeError("envelope 'time' must be a number of seconds")
-    return Event(id=eid, raw=raw, _envelope=doc)
+    return Event(eid, raw, doc=doc)
 
 
 def _has_surrogate(text: str) -> bool:
@@ -207,7 +309,13 @@ def _has_surrogate(text: str) -> bool:
 
 def from_spool(seq: int, eid: str, raw: bytes) -> Event:
     """Rebuild an Event from what the spool stored (already validated at ingest)."""
-    return Event(id=eid, raw=raw, seq=seq)
+    return Event(eid, raw, seq=seq)
+
+
+def with_names(event: Event, names: Mapping[str, str]) -> Event:
+    """Give a stored event the `[numbers]` names, for `Event.our_name` (delivery does this)."""
+    event._names = names
+    return event
 
 
 def as_json_line(raw: bytes) -> bytes:

@@ -1,48 +1,37 @@
-"""The daemon: HTTPS ingest, admin listener, spool writer and delivery tasks in one nursery.
+"""The HTTP stage: the webhook handler, the admin app and the listeners' hypercorn settings.
 
 Per request, the order is fixed by what may be trusted when: size limit, signature over the
 raw bytes, then parse, replay window, route, durable spool commit — and only then `200`.
-
-Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight requests finish (their events are
-committed or answered 503), give in-flight deliveries a grace period, then stop the writer.
+The daemon (voltd.daemon) wires this to the spool and the delivery workers.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import signal
 import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
-from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.trio import worker_context as _hypercorn_worker_context
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from voltd import events as events_mod
-from voltd import systemd
 from voltd.config import Config
-from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.routing import Router
-from voltd.sink import Sink
 from voltd.spool import Spool, SpoolError
 from voltd.verify import Verifier, too_old
 
 log = logging.getLogger("voltd.server")
 
 JSON = "application/json"
-PURGE_EVERY = 600.0
 
 
 class _Throttle:
@@ -61,16 +50,35 @@ class _Throttle:
         return n < self.per_second
 
 
-@dataclass
-class Ingest:
-    """Everything the webhook handler needs, passed explicitly."""
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """What the configuration decides about ingest, swapped as one object on reload: a
+    request reads it once, so it sees the old configuration or the new one, never a mix."""
 
     verifier: Verifier
     header: str
     max_age: float
     router: Router
-    spool: Spool
     answer_probes: bool
+
+    @classmethod
+    def from_config(cls, config: Config) -> IngestSettings:
+        v = config.verify
+        return cls(
+            verifier=Verifier(v.keys, v.algorithm, v.encoding),
+            header=v.header,
+            max_age=v.max_age,
+            router=Router.from_config(config),
+            answer_probes=config.server.answer_probes,
+        )
+
+
+@dataclass
+class Ingest:
+    """Everything the webhook handler needs, passed explicitly."""
+
+    settings: IngestSettings
+    spool: Spool
     counters: Counter[str] = field(default_factory=Counter)
     throttle: _Throttle = field(default_factory=_Throttle)
 
@@ -101,17 +109,18 @@ class Ingest:
 
     async def _handle(self) -> Response:
         body = await request.get_data(cache=False)  # 413 above max_body_bytes
-        signature = request.headers.get(self.header)
+        settings = self.settings  # one configuration for the whole request
+        signature = request.headers.get(settings.header)
         if signature is None:
-            if self.answer_probes:
+            if settings.answer_probes:
                 try:
                     parsed = events_mod.parse(body)
                 except events_mod.EnvelopeError:
                     parsed = events_mod.Probe(None)
                 if isinstance(parsed, events_mod.Probe):
                     return self._probe(parsed.type, signed=False)
-            return self._reject(401, "unsigned", f"missing {self.header} header")
-        if not self.verifier.verify(body, signature):
+            return self._reject(401, "unsigned", f"missing {settings.header} header")
+        if not settings.verifier.verify(body, signature):
             return self._reject(401, "signature", "signature does not verify")
         try:
             parsed = events_mod.parse(body)
@@ -120,9 +129,9 @@ class Ingest:
         if isinstance(parsed, events_mod.Probe):
             return self._probe(parsed.type, signed=True)
         event = parsed
-        if too_old(event.time, self.max_age, time.time()):
+        if too_old(event.time, settings.max_age, time.time()):
             return self._reject(401, "too_old", "envelope time is outside the accepted window")
-        sinks = self.router.route(event)
+        sinks = settings.router.route(event)
         try:
             stored = await self.spool.store(event, sinks)
         except SpoolError as exc:
@@ -185,51 +194,6 @@ def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) ->
 SEND_TIMEOUT = 10.0
 
 
-def _keep_alive_timer_survives_cancellation() -> None:
-    """hypercorn 0.17/0.18's trio worker re-arms a connection's keep-alive timer from the
-    request's task, which quart-trio has cancelled by then: the timer never runs again, so an
-    idle keep-alive connection stays open for good and holds up shutdown. Re-arming under a
-    shield makes `keep_alive_timeout` apply after every request (tests/test_abuse.py)."""
-    single_task = _hypercorn_worker_context.TrioSingleTask
-    restart = single_task.restart
-    if getattr(restart, "_voltd_shielded", False):
-        return
-
-    async def shielded(self: Any, task_group: Any, action: Callable[..., Any]) -> None:
-        with trio.CancelScope(shield=True):
-            await restart(self, task_group, action)
-
-    shielded._voltd_shielded = True  # type: ignore[attr-defined]
-    single_task.restart = shielded  # type: ignore[method-assign]
-
-
-_keep_alive_timer_survives_cancellation()
-
-
-class _OncePer:
-    """A logging filter: at most one record per `seconds`. trio logs an accept failure (too
-    many open files) with a traceback every 0.1 s per listener; one line now and then says it."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.last = -seconds
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self.last < self.seconds:
-            self.dropped += 1
-            return False
-        if self.dropped:
-            record.msg = f"{record.msg} ({self.dropped} more like it not logged)"
-            self.dropped = 0
-        self.last = now
-        return True
-
-
-logging.getLogger("trio.serve_listeners").addFilter(_OncePer(10.0))
-
-
 class _HypercornConfig(HypercornConfig):
     """Keeps the SSL context hypercorn makes, so that SIGHUP can load a renewed certificate
     into it: new connections get the new certificate, open ones carry on."""
@@ -252,7 +216,7 @@ class _HypercornConfig(HypercornConfig):
         return self.ssl_context
 
 
-def _hypercorn_config(
+def hypercorn_config(
     binds: list[str], certfile: Any = None, keyfile: Any = None
 ) -> _HypercornConfig:
     hc = _HypercornConfig()
@@ -265,210 +229,10 @@ def _hypercorn_config(
     hc.include_server_header = False
     # What ends a slow or idle connection (tests/test_abuse.py): the TLS handshake within
     # 10 s; a connection without a request for `keep_alive_timeout` (5 s, also between
-    # requests, see above); a body within quart's 60 s; a read within `read_timeout`; a
+    # requests, see voltd.workarounds); a body within quart's 60 s; a read within `read_timeout`; a
     # write within SEND_TIMEOUT. `graceful_timeout` is a hard limit on shutdown: our requests
     # only wait for a spool commit, and one cut off there got no 200, so Volt sends it again.
     hc.ssl_handshake_timeout = 10.0
     hc.graceful_timeout = 3.0
     hc.read_timeout = 120
     return hc
-
-
-async def _announce_stopping(shutdown: trio.Event) -> None:
-    await shutdown.wait()
-    systemd.notify("STOPPING=1")
-
-
-@dataclass
-class Daemon:
-    """A configured daemon; `run` serves until `shutdown` is set or a signal arrives."""
-
-    config: Config
-    sinks: Mapping[str, Sink]
-    shutdown: trio.Event = field(default_factory=trio.Event)
-    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
-    delivery_grace: float = 10.0
-    webhook_urls: list[str] = field(default_factory=list)
-    admin_urls: list[str] = field(default_factory=list)
-    ingest: Ingest | None = None
-    deliveries: Deliveries | None = None
-    _app: QuartTrio | None = None
-    _tls: _HypercornConfig | None = None
-
-    async def run(
-        self, *, handle_signals: bool = True, task_status=trio.TASK_STATUS_IGNORED
-    ) -> None:
-        cfg = self.config
-        spool = Spool(cfg.spool.path)
-        try:
-            await self._run(spool, handle_signals, task_status)
-        finally:
-            spool.close()
-
-    def _policy(self) -> RetryPolicy:
-        r = self.config.retry
-        return RetryPolicy(r.initial, r.max_delay, r.give_up_after)
-
-    async def _run(self, spool: Spool, handle_signals: bool, task_status) -> None:
-        cfg = self.config
-        ingest = Ingest(
-            verifier=Verifier(cfg.verify.keys, cfg.verify.algorithm, cfg.verify.encoding),
-            header=cfg.verify.header,
-            max_age=cfg.verify.max_age,
-            router=Router.from_config(cfg),
-            spool=spool,
-            answer_probes=cfg.server.answer_probes,
-        )
-        self.ingest = ingest
-        serving = False
-        for sink, counts in (await spool.status()).items():
-            if sink not in self.sinks and counts["pending"]:
-                log.warning(
-                    "the spool holds %d pending deliveries for sink %r, which is no longer "
-                    "configured: they wait until it is configured again",
-                    counts["pending"],
-                    sink,
-                )
-        async with trio.open_nursery() as core:
-            await core.start(spool.writer)
-            if handle_signals:
-                await core.start(self._signals)
-            core.start_soon(self._purge_loop, spool)
-            stop_delivery = trio.Event()
-            self.deliveries = deliveries = Deliveries(self.delivery_grace)
-            async with trio.open_nursery() as delivery:
-                await delivery.start(deliveries.run, stop_delivery)
-                policy = self._policy()
-                for name, sink in self.sinks.items():
-                    await deliveries.start(SinkWorker(name, sink, spool, policy, self.delivery))
-                async with trio.open_nursery() as http:
-                    http.start_soon(_announce_stopping, self.shutdown)
-                    self._app = app = make_webhook_app(
-                        ingest, cfg.server.path, cfg.server.max_body_bytes
-                    )
-                    self._tls = hc = _hypercorn_config(
-                        [str(b) for b in cfg.server.bind], cfg.server.certfile, cfg.server.keyfile
-                    )
-                    trigger: Callable[[], Awaitable[Any]] = self.shutdown.wait
-                    binds = await http.start(
-                        partial(hypercorn_serve, app, hc, shutdown_trigger=trigger)
-                    )
-                    self.webhook_urls = [b + cfg.server.path for b in binds]
-                    if cfg.admin.bind is not None:
-                        admin = make_admin_app(spool, ingest, lambda: serving)
-                        self.admin_urls = await http.start(
-                            partial(
-                                hypercorn_serve,
-                                admin,
-                                _hypercorn_config([str(cfg.admin.bind)]),
-                                shutdown_trigger=trigger,
-                            )
-                        )
-                    serving = True
-                    # Everything loaded so far (libraries, phone metadata, config) lives as
-                    # long as the process: move it out of the collector's way, so that full
-                    # collections walk only what requests create (they set p99 otherwise).
-                    gc.collect()
-                    gc.freeze()
-                    for url in self.webhook_urls:
-                        log.info("serving webhooks on %s", url)
-                    for url in self.admin_urls:
-                        log.info("admin (healthz) on %s", url)
-                    systemd.notify("READY=1")
-                    task_status.started(self)
-                serving = False
-                log.info("listeners closed; letting in-flight deliveries finish")
-                stop_delivery.set()
-            core.cancel_scope.cancel()
-        log.info("stopped")
-
-    async def _signals(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self.reload()
-                    continue
-                log.info("%s: shutting down", signal.Signals(signum).name)
-                self.shutdown.set()
-                return
-
-    async def _purge_loop(self, spool: Spool) -> None:
-        while True:
-            try:
-                n = await spool.purge(time.time() - self.config.spool.retention)
-                if n:
-                    log.info("purged %d delivered events older than the retention", n)
-            except SpoolError as exc:
-                log.error("%s", exc)
-            await trio.sleep(PURGE_EVERY)
-
-    async def reload(self) -> bool:
-        """SIGHUP: apply the configuration file again without dropping a request.
-
-        A configuration with any problem is refused as a whole and the running one stays.
-        Routes, numbers, verification, limits, retry, sinks and the TLS certificate change
-        in place; listeners and the spool file need a restart, which is said in the log.
-        """
-        from voltd.config import ConfigError
-        from voltd.plugins import configure
-
-        old = self.config
-        try:
-            new, _, built = await trio.to_thread.run_sync(configure, old.source)
-        except ConfigError as exc:
-            log.error("reload refused, the running configuration stays:\n%s", exc)
-            return False
-        for key, was, now in (
-            ("server.bind", old.server.bind, new.server.bind),
-            ("server.path", old.server.path, new.server.path),
-            ("admin.bind", old.admin.bind, new.admin.bind),
-            ("spool.path", old.spool.path, new.spool.path),
-        ):
-            if was != now:
-                log.warning("reload: a change of %s takes a restart; still using the old one", key)
-        assert self.ingest is not None and self.deliveries is not None
-        ingest, deliveries = self.ingest, self.deliveries
-        # Plain attribute swaps: a request reads them without awaiting in between, so it
-        # sees either the old configuration or the new one, never a mix.
-        ingest.verifier = Verifier(new.verify.keys, new.verify.algorithm, new.verify.encoding)
-        ingest.header = new.verify.header
-        ingest.max_age = new.verify.max_age
-        ingest.answer_probes = new.server.answer_probes
-        ingest.router = Router.from_config(new)
-        if self._app is not None:
-            self._app.config["MAX_CONTENT_LENGTH"] = new.server.max_body_bytes
-        tls = self._tls.ssl_context if self._tls is not None else None
-        if tls is not None and new.server.certfile is not None:
-            try:
-                tls.load_cert_chain(new.server.certfile, new.server.keyfile)
-            except (OSError, ssl.SSLError) as exc:
-                log.error(
-                    "reload: the TLS certificate could not be loaded (%s); keeping the old", exc
-                )
-        self.config = new
-        policy = self._policy()
-        changed = [n for n in deliveries.workers if new.sinks.get(n) != old.sinks.get(n)]
-        async with trio.open_nursery() as stopping:
-            for name in changed:
-                stopping.start_soon(deliveries.stop, name)
-        sinks: dict[str, Sink] = {}
-        for name, sink in built.items():
-            running = deliveries.workers.get(name)
-            if running is not None:  # unchanged: keep the running one, drop the new copy
-                running.policy = policy
-                sinks[name] = running.sink
-                close = getattr(sink, "aclose", None)
-                if close is not None:
-                    await close()
-            else:
-                await deliveries.start(SinkWorker(name, sink, ingest.spool, policy, self.delivery))
-                sinks[name] = sink
-        self.sinks = sinks
-        log.info(
-            "configuration reloaded: %d routes, %d sinks (%s)",
-            len(new.routes),
-            len(sinks),
-            ", ".join(f"{n} restarted" for n in changed) or "no sink restarted",
-        )
-        return True

@@ -1,37 +1,66 @@
-"""What a sink is: the small contract between voltd's delivery stage and every sink plugin.
+"""What a sink is: the contract between voltd's delivery stage and every sink plugin.
 
-A sink type is a class registered under a name (see `hookspecs.register_sink_types`). voltd
-validates the `[sinks.NAME]` table against the class's `Options` (a pydantic model) before the
-daemon starts, then builds one instance per configured sink. Per event, delivery only ever
-calls plain async methods on that instance.
+A sink type is a `Sink` subclass registered under a name (see `hookspecs.register_sink_types`).
+voltd validates the `[sinks.NAME]` table against the class's `Options` (a pydantic model) before
+the daemon starts, then builds one instance per configured sink. Per event, delivery only ever
+calls plain async methods on that instance: `send`, or `send_batch` where the sink has one.
+
+Everything here is part of the stable plugin API (see `PLUGIN_API_VERSION`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pydantic
 
 if TYPE_CHECKING:
     from voltd.events import Event
+    from voltd.state import SinkState
+
+#: The plugin API's version, (major, minor). A new minor adds names and optional parts; only a
+#: new major removes or changes what a plugin may rely on. Check it with `require_api`.
+PLUGIN_API_VERSION: tuple[int, int] = (1, 0)
 
 
 class SinkError(Exception):
-    """Base of the errors a sink raises; the message is logged and kept with the delivery."""
+    """Base of the errors a sink raises; the message is logged and kept with the delivery,
+    so it must never hold a secret (a URL with a token, a password)."""
 
 
 class RetryableError(SinkError):
-    """Delivery failed for now (network, 5xx, disk busy): try again after a backoff."""
+    """Delivery failed for now (network, 5xx, 429, disk busy): try again after a backoff.
+
+    `retry_after` (seconds) is what the other side asked for (HTTP `Retry-After`): the whole
+    sink waits at least that long, capped by the retry policy's `max_delay`.
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(SinkError):
-    """Delivery can never succeed (rejected as invalid): dead-letter it at once."""
+    """This event can never be delivered (rejected as invalid): dead-letter it at once."""
+
+
+class EndpointGone(SinkError):
+    """The endpoint itself is gone (HTTP 410, a Slack webhook revoked, SMTP auth refused).
+
+    The sink is disabled: nothing more is attempted until a reload, and its events wait in
+    the spool; they are never dead-lettered while it is disabled.
+    """
 
 
 class SinkOptions(pydantic.BaseModel):
-    """Base for a sink's options: unknown keys are errors, so typos never pass silently."""
+    """Base for a sink's options: unknown keys are errors, so typos never pass silently.
+
+    Describe each option with `pydantic.Field(description=...)`: `voltd plugins` shows it.
+    """
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -40,30 +69,77 @@ class SinkOptions(pydantic.BaseModel):
 class SinkContext:
     """What a sink may know about its surroundings."""
 
-    name: str  # the configured sink name, e.g. "archive"
-    config_dir: Path  # relative paths in options are relative to this
+    name: str  #: the configured sink name, e.g. "archive"
+    config_dir: Path  #: relative paths in options are relative to this
+    #: our numbers' names from `[numbers]`, E.164 number -> name
+    numbers: Mapping[str, str] = field(default_factory=dict)
+    #: a small durable key-value store of this sink's own (see `voltd.state.SinkState`)
+    state: SinkState | None = None
+
+    def path(self, text: str | Path) -> Path:
+        """An option's path, relative to the configuration file's directory."""
+        return self.config_dir / Path(text).expanduser()
 
 
-@runtime_checkable
-class Sink(Protocol):
-    """A built sink. `send_batch`, `max_batch` and `aclose` are optional extras.
+class Sink(abc.ABC):
+    """Base class of every sink. Subclass it, set `Options`, implement `send`.
 
-    - `async send(event)`: deliver one event; return normally on success, raise
-      RetryableError or PermanentError otherwise (any other exception counts as retryable).
-    - `async send_batch(events)`: deliver several at once, all or nothing. When it raises
-      PermanentError voltd retries the events one by one with `send`, so one bad event cannot
-      dead-letter its neighbours.
-    - `max_batch` (int attribute): the most events one `send_batch` call should get (default
-      256); a sink whose cost is per call (one write and fsync) drains a backlog faster with more.
-    - `async aclose()`: release resources at shutdown.
+    voltd calls, per event, only these; everything optional has a default here:
+
+    - `async send(event)`: deliver one event. Return normally on success; raise
+      `RetryableError` (try again later), `PermanentError` (dead letter now) or
+      `EndpointGone` (disable the sink). Any other exception counts as retryable and is logged
+      as a plugin bug.
+    - `async send_batch(events)`: optional. Deliver several events at once, all or nothing.
+      When it raises `PermanentError`, voltd retries those events one by one with `send`, so
+      one bad event cannot dead-letter its neighbours.
+    - `max_batch`: the most events one `send_batch` call gets.
+    - `async aclose()`: release what `__init__` opened. It runs at shutdown and when a reload
+      replaces the sink; it is given a few seconds, and a failure is logged, never fatal.
+
+    `send` must not block the event loop: run blocking calls with
+    `await trio.to_thread.run_sync(fn, limiter=...)`. A sink that stalls the loop is logged.
     """
 
-    async def send(self, event: Event) -> None: ...
+    #: The options model: the `[sinks.NAME]` table, less `type` and the delivery options.
+    Options: ClassVar[type[SinkOptions]] = SinkOptions
+    #: The most events one `send_batch` gets (a sink whose cost is per call wants more);
+    #: None: voltd's default (256).
+    max_batch: int | None = None
+
+    def __init__(self, options: Any, context: SinkContext) -> None:
+        self.options = options
+        self.context = context
+
+    @abc.abstractmethod
+    async def send(self, event: Event) -> None:
+        """Deliver one event, or raise a `SinkError` saying why not."""
+
+    async def send_batch(self, events: Sequence[Event]) -> None:
+        """Deliver all of `events` or none (optional; see the class docstring)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:  # noqa: B027 - optional, nothing to close by default
+        """Release resources (optional)."""
+
+    @property
+    def takes_batches(self) -> bool:
+        """Whether this sink implements `send_batch`."""
+        return type(self).send_batch is not Sink.send_batch
 
 
-class SinkType(Protocol):
-    """The class a plugin registers: `Options` validates config; the constructor builds."""
+class Register(Protocol):
+    """The `register` a `register_sink_types` hook is called with."""
 
-    Options: ClassVar[type[pydantic.BaseModel]]
+    def __call__(self, name: str, cls: type[Sink]) -> None: ...
 
-    def __call__(self, options: Any, context: SinkContext) -> Sink: ...
+
+def require_api(major: int, minor: int = 0) -> None:
+    """Fail a plugin's import, with a clear message, on a voltd whose plugin API is too old or
+    of another major version: `voltd.require_api(1, 0)` at the top of a plugin module."""
+    have = PLUGIN_API_VERSION
+    if have[0] != major or have[1] < minor:
+        raise ImportError(
+            f"this plugin needs voltd plugin API {major}.{minor} (compatible releases), "
+            f"but this voltd has {have[0]}.{have[1]}"
+        )

@@ -33,32 +33,50 @@ from voltd.events import Event, from_spool
 
 log = logging.getLogger("voltd.spool")
 
-SCHEMA_VERSION = 1
+#: The spool's schema version, kept in `meta`. A spool written by any earlier release opens,
+#: migrates (one step per version, in one transaction) and delivers what it holds; a spool
+#: from a newer release is refused rather than misread.
+SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    envelope_id TEXT NOT NULL,
-    digest BLOB NOT NULL,
-    received_at REAL NOT NULL,
-    body BLOB NOT NULL,
-    UNIQUE (envelope_id, digest)
-);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE TABLE IF NOT EXISTS deliveries (
-    event_seq INTEGER NOT NULL,
-    sink TEXT NOT NULL,
-    state INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_error TEXT,
-    PRIMARY KEY (event_seq, sink)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_at, event_seq)
-    WHERE state = 0;
-"""
+#: Version 1, as the first release wrote it; every spool starts here and takes each step.
+_BASE = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        envelope_id TEXT NOT NULL,
+        digest BLOB NOT NULL,
+        received_at REAL NOT NULL,
+        body BLOB NOT NULL,
+        UNIQUE (envelope_id, digest)
+    )""",
+    "CREATE INDEX events_received ON events (received_at)",
+    """CREATE TABLE deliveries (
+        event_seq INTEGER NOT NULL,
+        sink TEXT NOT NULL,
+        state INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT,
+        PRIMARY KEY (event_seq, sink)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX deliveries_due ON deliveries (sink, next_at, event_seq) WHERE state = 0",
+    "INSERT INTO meta (key, value) VALUES ('schema', '1')",
+)
+
+#: version -> the statements that turn the previous version into it.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # The plugin SDK's per-sink key-value state (voltd.state).
+    2: (
+        """CREATE TABLE sink_state (
+            sink TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (sink, key)
+        ) WITHOUT ROWID""",
+    ),
+}
 
 
 class State(IntEnum):
@@ -131,6 +149,8 @@ class SinkChange:
 class _Record:
     outcomes: Sequence[Outcome]
     change: SinkChange | None = None
+    #: (sink, key, value) writes of sink state (voltd.state); value None deletes.
+    state: Sequence[tuple[str, str, str | None]] = ()
     done: trio.Event = field(default_factory=trio.Event)
     error: SpoolError | None = None
     expired: int = 0
@@ -152,14 +172,48 @@ class SpoolDB:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = FULL")
-                self.conn.executescript(_SCHEMA)
-                self.conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
             self._full = True
+            self.version = self._migrate(readonly)
         except sqlite3.Error as exc:
             raise SpoolError(f"{path}: cannot open the spool: {exc}") from exc
+
+    def _schema_version(self) -> int | None:
+        """The version a spool says it has; None for a new, empty file."""
+        c = self.conn
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+            return None
+        row = c.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        try:
+            return int(row[0]) if row else 1
+        except ValueError:
+            raise SpoolError(f"{self.path}: schema version {row[0]!r} is not a number") from None
+
+    def _migrate(self, readonly: bool) -> int:
+        """Bring the file to SCHEMA_VERSION in one transaction (all steps or none)."""
+        version = self._schema_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"{self.path}: the spool has schema version {version}, written by a newer voltd; "
+                f"this one understands up to {SCHEMA_VERSION}: upgrade voltd to use it"
+            )
+        if readonly or version == SCHEMA_VERSION:
+            return version or SCHEMA_VERSION
+        with self._transaction("spool migration failed") as c:
+            version = self._schema_version()  # another connection may have done it meanwhile
+            if version is None:
+                for statement in _BASE:
+                    c.execute(statement)
+                version = 1
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    c.execute(statement)
+                if step > 1:
+                    log.info("%s: spool schema migrated to version %d", self.path, step)
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        return SCHEMA_VERSION
 
     def close(self) -> None:
         self.conn.close()
@@ -207,6 +261,8 @@ class SpoolDB:
         with self._transaction("spool commit failed"):
             results = self._insert(ingests, now)
             for rec in records:
+                if rec.state:
+                    self._put_state(rec.state, now)
                 self._record(rec.outcomes, now)
                 if rec.change is not None:
                     rec.expired = self._change(rec.change, now)
@@ -253,6 +309,23 @@ class SpoolDB:
             " updated_at = ? WHERE sink = ? AND event_seq = ?",
             [(int(o.state), o.attempts, o.next_at, o.error, now, o.sink, o.seq) for o in outcomes],
         )
+
+    def _put_state(self, writes: Iterable[tuple[str, str, str | None]], now: float) -> None:
+        for sink, key, value in writes:
+            if value is None:
+                self.conn.execute("DELETE FROM sink_state WHERE sink = ? AND key = ?", (sink, key))
+            else:
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO sink_state (sink, key, value, updated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (sink, key, value, now),
+                )
+
+    def get_state(self, sink: str, key: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT value FROM sink_state WHERE sink = ? AND key = ?", (sink, key)
+        ).fetchone()
+        return row[0] if row else None
 
     def _change(self, change: SinkChange, now: float) -> int:
         """Apply a SinkChange; returns how many deliveries became dead letters."""
@@ -430,12 +503,18 @@ class Spool:
         assert item.result is not None
         return item.result
 
-    async def record(self, outcomes: Sequence[Outcome], change: SinkChange | None = None) -> int:
-        """Commit delivery outcomes (and a SinkChange), sharing the transaction with
-        concurrent ingest. Returns how many deliveries the change made dead letters."""
-        if not outcomes and change is None:
+    async def record(
+        self,
+        outcomes: Sequence[Outcome],
+        change: SinkChange | None = None,
+        state: Sequence[tuple[str, str, str | None]] = (),
+    ) -> int:
+        """Commit delivery outcomes (and a SinkChange, and sink state writes), sharing the
+        transaction with concurrent ingest. Returns how many deliveries the change made dead
+        letters."""
+        if not outcomes and change is None and not state:
             return 0
-        rec = _Record(outcomes, change)
+        rec = _Record(outcomes, change, state)
         await self._send.send(rec)
         await rec.done.wait()
         if rec.error is not None:
@@ -503,6 +582,15 @@ class Spool:
 
     async def status(self) -> dict[str, dict[str, int]]:
         return await trio.to_thread.run_sync(self._rdb.status, limiter=self._rlimit)
+
+    # -- sink state (voltd.state.StateBackend) ------------------------------------------
+
+    async def state_get(self, sink: str, key: str) -> str | None:
+        return await trio.to_thread.run_sync(self._rdb.get_state, sink, key, limiter=self._rlimit)
+
+    async def state_put(self, sink: str, key: str, value: str | None) -> None:
+        """Committed with the next group commit, in order with delivery outcomes."""
+        await self.record((), state=[(sink, key, value)])
 
     # -- wake-ups for delivery tasks -------------------------------------------------------
 

@@ -28,17 +28,27 @@ from pathlib import Path
 import pydantic
 import trio
 
-from voltd import RetryableError, SinkContext, SinkOptions, hookimpl
-from voltd.config import one_line
-from voltd.events import TEMPLATE_FIELDS, Event, as_json_line
+from voltd import (
+    PATH_FIELDS,
+    Event,
+    Register,
+    RetryableError,
+    Sink,
+    SinkContext,
+    SinkOptions,
+    hookimpl,
+)
 
 
-class FileSink:
+class FileSink(Sink):
     """Appends events as JSON lines to files named by a template."""
 
     class Options(SinkOptions):
-        path: str
-        fsync: bool = True
+        path: str = pydantic.Field(
+            description="file path template, relative to the config file, e.g. "
+            '"archive/{our_number}/{date}.jsonl"'
+        )
+        fsync: bool = pydantic.Field(True, description="fsync each file once per batch")
 
         @pydantic.field_validator("path")
         @classmethod
@@ -57,10 +67,12 @@ class FileSink:
             for _, name, spec, conv in parsed:
                 if name is None:
                     continue
-                if name not in TEMPLATE_FIELDS or spec or conv:
+                if name not in PATH_FIELDS or spec or conv:
+                    field = "{" + name + "}"
+                    shown = field if field.isprintable() else repr(field)  # one line per problem
                     raise ValueError(
-                        f"unknown template field {one_line('{' + name + '}')} (expected one of: "
-                        + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
+                        f"unknown template field {shown} (expected one of: "
+                        + ", ".join("{" + f + "}" for f in PATH_FIELDS)
                         + ")"
                     )
             return value
@@ -69,6 +81,7 @@ class FileSink:
     max_batch = 2048
 
     def __init__(self, options: Options, context: SinkContext) -> None:
+        super().__init__(options, context)
         self.template = options.path
         self.base = context.config_dir
         self.fsync = options.fsync
@@ -82,7 +95,7 @@ class FileSink:
     def path_for(self, event: Event) -> str:
         if not self.fields:
             return self._static
-        values = event.template_fields(self.fields)
+        values = event.path_values(self.fields)
         key = tuple(values.values())
         path = self._paths.get(key)
         if path is None:
@@ -98,7 +111,7 @@ class FileSink:
     async def send_batch(self, events: Sequence[Event]) -> None:
         groups: dict[str, list[bytes]] = {}
         for event in events:
-            groups.setdefault(self.path_for(event), []).append(as_json_line(event.raw) + b"\n")
+            groups.setdefault(self.path_for(event), []).append(event.json_line() + b"\n")
         try:
             await trio.to_thread.run_sync(self._write, groups, limiter=self._limiter)
         except OSError as exc:
@@ -159,5 +172,5 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @hookimpl
-def register_sink_types(register) -> None:
+def register_sink_types(register: Register) -> None:
     register("file", FileSink)

@@ -1,0 +1,287 @@
+"""The composition root: configuration → plugins → sinks → the running stages.
+
+`configure` turns a config file into a `Plan` (the validated config, the plugins it can use,
+its sinks built); `Daemon.run` opens the spool and runs, in one nursery, the HTTPS ingest, the
+admin listener, the spool writer, the purge loop and one delivery worker per sink. Start-up and
+SIGHUP reload both go through `configure` and `Daemon._apply`: there is one way in.
+
+Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight requests finish (their events are
+committed or answered 503), give in-flight deliveries a grace period, then stop the writer.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.trio import serve as hypercorn_serve
+from quart_trio import QuartTrio
+
+from voltd import systemd, workarounds
+from voltd.config import Config, load
+from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
+from voltd.plugins import Registry, build_sinks, close_sink, discover, number_names
+from voltd.server import (
+    Ingest,
+    IngestSettings,
+    _HypercornConfig,
+    hypercorn_config,
+    make_admin_app,
+    make_webhook_app,
+)
+from voltd.sink import Sink
+from voltd.spool import Spool, SpoolError
+from voltd.stall import StallWatch
+
+log = logging.getLogger("voltd.daemon")
+
+PURGE_EVERY = 600.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A configuration made ready to run: what start-up and every reload apply."""
+
+    config: Config
+    registry: Registry
+    sinks: dict[str, Sink]
+
+
+def configure(path: str | Path) -> Plan:
+    """The configuration file, the plugins it can use and its sinks built: where `serve`,
+    `check`, a SIGHUP reload and the demo all start. Raises ConfigError with every problem."""
+    config = load(path)
+    registry = discover(config.plugin_dirs)
+    return Plan(config, registry, build_sinks(config, registry))
+
+
+def retry_policy(config: Config) -> RetryPolicy:
+    r = config.retry
+    return RetryPolicy(r.initial, r.max_delay, r.give_up_after)
+
+
+#: Settings that only a restart changes (the listeners and the spool file).
+_RESTART_ONLY = (
+    ("server.bind", lambda c: c.server.bind),
+    ("server.path", lambda c: c.server.path),
+    ("admin.bind", lambda c: c.admin.bind),
+    ("spool.path", lambda c: c.spool.path),
+)
+
+
+@dataclass
+class Daemon:
+    """A configured daemon; `run` serves until `shutdown` is set or a signal arrives."""
+
+    plan: Plan
+    shutdown: trio.Event = field(default_factory=trio.Event)
+    delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
+    delivery_grace: float = 10.0
+    webhook_urls: list[str] = field(default_factory=list)
+    admin_urls: list[str] = field(default_factory=list)
+    ingest: Ingest | None = None
+    deliveries: Deliveries | None = None
+    _app: QuartTrio | None = None
+    _tls: _HypercornConfig | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.plan.config
+
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        return self.plan.sinks
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = True,
+        task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        workarounds.apply()
+        spool = Spool(self.config.spool.path)
+        try:
+            await self._run(spool, handle_signals, task_status)
+        finally:
+            spool.close()
+
+    async def _run(
+        self, spool: Spool, handle_signals: bool, task_status: trio.TaskStatus[Daemon]
+    ) -> None:
+        cfg = self.config
+        self.ingest = ingest = Ingest(IngestSettings.from_config(cfg), spool)
+        serving = False
+        for sink, counts in (await spool.status()).items():
+            if sink not in self.sinks and counts["pending"]:
+                log.warning(
+                    "the spool holds %d pending deliveries for sink %r, which is no longer "
+                    "configured: they wait until it is configured again",
+                    counts["pending"],
+                    sink,
+                )
+        async with trio.open_nursery() as core:
+            await core.start(spool.writer)
+            if handle_signals:
+                await core.start(self._signals)
+            core.start_soon(self._purge_loop, spool)
+            core.start_soon(StallWatch(self._stalled_sink).run)
+            stop_delivery = trio.Event()
+            self.deliveries = Deliveries(self.delivery_grace)
+            async with trio.open_nursery() as delivery:
+                await delivery.start(self.deliveries.run, stop_delivery)
+                await self._apply(self.plan, first=True)
+                async with trio.open_nursery() as http:
+                    http.start_soon(_announce_stopping, self.shutdown)
+                    self._app = app = make_webhook_app(
+                        ingest, cfg.server.path, cfg.server.max_body_bytes
+                    )
+                    self._tls = hc = hypercorn_config(
+                        [str(b) for b in cfg.server.bind], cfg.server.certfile, cfg.server.keyfile
+                    )
+                    trigger: Callable[[], Awaitable[Any]] = self.shutdown.wait
+                    binds = await http.start(
+                        partial(hypercorn_serve, app, hc, shutdown_trigger=trigger)
+                    )
+                    self.webhook_urls = [b + cfg.server.path for b in binds]
+                    if cfg.admin.bind is not None:
+                        admin = make_admin_app(spool, ingest, lambda: serving)
+                        self.admin_urls = await http.start(
+                            partial(
+                                hypercorn_serve,
+                                admin,
+                                hypercorn_config([str(cfg.admin.bind)]),
+                                shutdown_trigger=trigger,
+                            )
+                        )
+                    serving = True
+                    # Everything loaded so far (libraries, phone metadata, config) lives as
+                    # long as the process: move it out of the collector's way, so that full
+                    # collections walk only what requests create (they set p99 otherwise).
+                    gc.collect()
+                    gc.freeze()
+                    for url in self.webhook_urls:
+                        log.info("serving webhooks on %s", url)
+                    for url in self.admin_urls:
+                        log.info("admin (healthz) on %s", url)
+                    systemd.notify(self._ready_message())
+                    task_status.started(self)
+                serving = False
+                log.info("listeners closed; letting in-flight deliveries finish")
+                stop_delivery.set()
+            core.cancel_scope.cancel()
+        log.info("stopped")
+
+    def _ready_message(self) -> str:
+        """READY=1 with a STATUS= that says where we listen (tests read it too)."""
+        status = "serving webhooks on " + " ".join(self.webhook_urls)
+        if self.admin_urls:
+            status += "; admin on " + " ".join(self.admin_urls)
+        return f"READY=1\nSTATUS={status}"
+
+    def _stalled_sink(self, worker: object) -> str | None:
+        return worker.name if isinstance(worker, SinkWorker) else None
+
+    async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self.shutdown.set()
+                return
+
+    async def _purge_loop(self, spool: Spool) -> None:
+        while True:
+            try:
+                n = await spool.purge(time.time() - self.config.spool.retention)
+                if n:
+                    log.info("purged %d delivered events older than the retention", n)
+            except SpoolError as exc:
+                log.error("%s", exc)
+            await trio.sleep(PURGE_EVERY)
+
+    async def reload(self) -> bool:
+        """SIGHUP: apply the configuration file again without dropping a request.
+
+        A configuration with any problem is refused as a whole and the running one stays.
+        Routes, numbers, verification, limits, retry, sinks and the TLS certificate change
+        in place; listeners and the spool file need a restart, which is said in the log.
+        """
+        from voltd.config import ConfigError
+
+        try:
+            plan = await trio.to_thread.run_sync(configure, self.config.source)
+        except ConfigError as exc:
+            log.error("reload refused, the running configuration stays:\n%s", exc)
+            return False
+        for key, get in _RESTART_ONLY:
+            if get(self.config) != get(plan.config):
+                log.warning("reload: a change of %s takes a restart; still using the old one", key)
+        changed = await self._apply(plan)
+        log.info(
+            "configuration reloaded: %d routes, %d sinks (%s)",
+            len(plan.config.routes),
+            len(self.sinks),
+            ", ".join(f"{n} restarted" for n in changed) or "no sink restarted",
+        )
+        return True
+
+    async def _apply(self, plan: Plan, *, first: bool = False) -> list[str]:
+        """Make `plan` the running one: ingest settings swapped as one object, the TLS
+        certificate reloaded, changed sinks restarted, unchanged ones kept (and enabled again
+        if their endpoint had disabled them). Returns the sinks restarted."""
+        assert self.ingest is not None and self.deliveries is not None
+        old, new = self.plan.config, plan.config
+        spool, deliveries = self.ingest.spool, self.deliveries
+        self.ingest.settings = IngestSettings.from_config(new)
+        if self._app is not None:
+            self._app.config["MAX_CONTENT_LENGTH"] = new.server.max_body_bytes
+        tls = self._tls.ssl_context if self._tls is not None else None
+        if tls is not None and new.server.certfile is not None:
+            try:
+                tls.load_cert_chain(new.server.certfile, new.server.keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                log.error(
+                    "reload: the TLS certificate could not be loaded (%s); keeping the old", exc
+                )
+        changed = [n for n in deliveries.workers if new.sinks.get(n) != old.sinks.get(n)]
+        async with trio.open_nursery() as stopping:
+            for name in changed:
+                stopping.start_soon(deliveries.stop, name)
+        policy, names = retry_policy(new), number_names(new)
+        sinks: dict[str, Sink] = {}
+        for name, sink in plan.sinks.items():
+            running = None if first else deliveries.workers.get(name)
+            if running is not None:  # unchanged: keep the running one, drop the new copy
+                running.policy, running.names = policy, names
+                running.enable()
+                sinks[name] = running.sink
+                await close_sink(name, sink)
+                continue
+            if sink.context.state is not None:
+                sink.context.state._attach(spool)
+            info = plan.registry.sink_types.get(new.sinks[name].type)
+            origin = str(info.origin) if info is not None else ""
+            worker = SinkWorker(
+                name, sink, spool, policy, self.delivery, names=names, origin=origin
+            )
+            await deliveries.start(worker)
+            sinks[name] = sink
+        self.plan = Plan(new, plan.registry, sinks)
+        return changed
+
+
+async def _announce_stopping(shutdown: trio.Event) -> None:
+    await shutdown.wait()
+    systemd.notify("STOPPING=1")
