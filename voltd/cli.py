@@ -251,7 +251,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     dirs = _load(args.config).plugin_dirs if args.config else []
     registry = discover(dirs)
-    types = []
+    types: list[dict[str, Any]] = []
     for name, info in sorted(registry.sink_types.items()):
         o = info.origin
         types.append(

@@ -155,7 +155,8 @@ class SinkWorker:
                 continue
             if due:
                 outcomes, failure = await self.attempt(due)
-                self._log(outcomes)
+                if not isinstance(failure, EndpointGone):  # that one has a line of its own
+                    self._log(outcomes)
                 await self._record(outcomes, self._after(failure))
                 for o in outcomes:
                     if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):

@@ -18,7 +18,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def register_sink_types(register: Register) -> None:  # type: ignore[empty-body]
+def register_sink_types(register: Register) -> None:
     """Register the sink types this plugin provides: `register("teams", TeamsSink)`, where
     `TeamsSink` subclasses `voltd.Sink`. The name is the `type = "..."` of a `[sinks.X]`
     table; a name another plugin already took is refused and reported."""

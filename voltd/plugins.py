@@ -63,7 +63,7 @@ class Origin:
 @dataclass(frozen=True, slots=True)
 class SinkTypeInfo:
     name: str
-    cls: type
+    cls: Any  # a voltd.Sink subclass, or a duck-typed one of voltd 0.1 (see _Adapted)
     origin: Origin
 
 

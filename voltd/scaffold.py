@@ -220,7 +220,7 @@ async def test_a_rejected_event_is_a_dead_letter(receiver: Receiver) -> None:
     receiver.status = 400
     sink = vt.build_sink({{cls}}, {"url": receiver.url})
     report = await vt.deliver(sink, vt.volt_examples()[:1])
-    assert [error.split(":")[0] for error in report.dead.values()] == ["PermanentError"]
+    assert [error.split(":")[0] for _, error in report.dead] == ["PermanentError"]
     await sink.aclose()
 
 

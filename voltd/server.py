@@ -108,7 +108,9 @@ class Ingest:
             self.spool.incoming -= 1
 
     async def _handle(self) -> Response:
-        body = await request.get_data(cache=False)  # 413 above max_body_bytes
+        body = await request.get_data(
+            cache=False, as_text=False, parse_form_data=False
+        )  # 413 above max_body_bytes
         settings = self.settings  # one configuration for the whole request
         signature = request.headers.get(settings.header)
         if signature is None:

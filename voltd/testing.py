@@ -5,7 +5,7 @@
     sink = vt.build_sink(TeamsSink, {"webhook_url": "https://..."})   # real option validation
     await vt.check_sink(sink)                 # the contract: errors, no blocking, aclose
     report = await vt.deliver(sink, vt.volt_examples())   # voltd's real delivery worker
-    assert report.delivered == [e.id for e in vt.volt_examples()]
+    assert len(report.delivered) == 2 and not report.dead
 
 - `build_sink` goes through the same loading as `voltd check` and `voltd serve`: a config file
   is written and loaded, so option errors come back as `ConfigError` naming the file, the sink
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.lowlevel
 
 from voltd.config import ConfigError
 from voltd.events import Event, parse, with_names
@@ -194,11 +193,11 @@ def build_sink(
 
 @dataclass
 class DeliveryReport:
-    """What voltd's delivery worker recorded for each event, by envelope id."""
+    """What voltd's delivery worker recorded for each event (the events given, in order)."""
 
-    delivered: list[str] = field(default_factory=list)
-    dead: dict[str, str] = field(default_factory=dict)  # id -> error
-    pending: dict[str, str] = field(default_factory=dict)  # id -> last error (will retry)
+    delivered: list[Event] = field(default_factory=list)
+    dead: list[tuple[Event, str]] = field(default_factory=list)  # with the error recorded
+    pending: list[tuple[Event, str]] = field(default_factory=list)  # will retry; last error
     disabled: str | None = None  # why, when the sink said its endpoint is gone
 
 
@@ -222,7 +221,7 @@ async def deliver(
         db = SpoolDB(path)
         stored = db.insert([(e, [name]) for e in events])
         db.close()
-        seqs = {s.seq: e.id for s, e in zip(stored, events, strict=True) if s.seq is not None}
+        seqs = {s.seq: e for s, e in zip(stored, events, strict=True) if s.seq is not None}
         spool = Spool(path)
         worker = SinkWorker(name, sink, spool, policy, options, names=sink.context.numbers)
         try:
@@ -247,13 +246,13 @@ async def deliver(
             spool.close()
     report = DeliveryReport(disabled=worker.disabled)
     for seq, state, error in rows:
-        eid = seqs[seq]
+        event = seqs[seq]
         if state == State.DELIVERED:
-            report.delivered.append(eid)
+            report.delivered.append(event)
         elif state == State.DEAD:
-            report.dead[eid] = error or ""
+            report.dead.append((event, error or ""))
         else:
-            report.pending[eid] = error or ""
+            report.pending.append((event, error or ""))
     return report
 
 
@@ -304,9 +303,10 @@ async def _not_blocking(what: str, call: Any, limit: float = 0.1) -> Any:
     result: Any = None
     error: BaseException | None = None
 
-    async def beat() -> None:
+    async def beat(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal longest
         last = time.monotonic()
+        task_status.started()
         while True:
             await trio.sleep(0.01)
             now = time.monotonic()
@@ -314,8 +314,7 @@ async def _not_blocking(what: str, call: Any, limit: float = 0.1) -> Any:
             last = now
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(beat)
-        await trio.lowlevel.checkpoint()
+        await nursery.start(beat)  # beating before the call starts
         try:
             result = await call
         except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery

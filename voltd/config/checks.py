@@ -23,6 +23,12 @@ _TLS_HELP: Final = "set both for HTTPS, or neither for plain HTTP behind a TLS p
 _AFTER_TLS: Final = ("server", "keyfile", 0)  # TLS problems are listed after both paths
 
 
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """`data[key]` when it is a table, else an empty one (the model reports why)."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _cross_checks(
     data: dict[str, Any], base: Path, secrets: Collection[str]
 ) -> list[tuple[Loc, str, Loc]]:
@@ -33,9 +39,7 @@ def _cross_checks(
     comes with the key path it is listed at, as if checked right after that key. Values in
     `secrets` (those resolved from `${env:…}`/`${file:…}`) are never shown.
     """
-    server, admin, retry = (
-        data.get(k) if isinstance(data.get(k), dict) else {} for k in ("server", "admin", "retry")
-    )
+    server, admin, retry = (_table(data, k) for k in ("server", "admin", "retry"))
     routes = data.get("routes")
     return [
         *_tls_checks(server, base, secrets),

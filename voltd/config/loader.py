@@ -50,7 +50,7 @@ def _file_problems(err: pydantic.ValidationError, secrets: _Secrets) -> list[tup
         if loc in secrets.broken and error["type"] != "extra_forbidden":
             continue  # already reported as a secret that could not be resolved
         if error["type"] == "missing":
-            message = _MISSING.get((loc[0], loc[-1]), message)
+            message = _MISSING.get((str(loc[0]), str(loc[-1])), message)
         elif error["type"] != "extra_forbidden" and getattr(exc, "show_input", True):
             if message == _Sink._expected:  # the only message that names its own key path
                 message = message.format(path=format_key_path(loc))
@@ -88,7 +88,12 @@ def _rank(loc: Loc, data: Any) -> tuple[int, ...]:
         else:
             ranks.append(keys.index(part) if keys else 0)
         annotation = _descend(annotation, part) if annotation is not None else None
-        raw = raw[part] if isinstance(raw, dict | list) and _has(raw, part) else None
+        if isinstance(raw, dict) and _has(raw, part):
+            raw = raw[part]
+        elif isinstance(raw, list) and isinstance(part, int) and _has(raw, part):
+            raw = raw[part]
+        else:
+            raw = None
     return tuple(ranks)
 
 
@@ -223,9 +228,9 @@ def load(path: str | Path) -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
+        bad_line = raw[: e.start].count(b"\n") + 1
         raise ConfigError(
-            [f"{source_name}: line {line}: invalid TOML: the file is not UTF-8 text"]
+            [f"{source_name}: line {bad_line}: invalid TOML: the file is not UTF-8 text"]
         ) from None
     try:
         data = tomllib.loads(text)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, NamedTuple, TypeAlias
 
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -157,10 +157,16 @@ def _when(ok: Callable[[Any], bool], message: str, *, text: bool = True) -> Befo
     return BeforeValidator(check)
 
 
+def _context(info: ValidationInfo) -> dict[str, Any]:
+    """What `_check` passes to validation: the base directory, names, secrets."""
+    assert info.context is not None, "config models are validated with a context"
+    return info.context
+
+
 def _path(value: Any, info: ValidationInfo) -> Path:
     if "\0" in _text(value):  # no file can be named so; open() would raise ValueError
         raise _Invalid("expected a path without NUL characters")
-    return _absolute(info.context["base"], value)
+    return _absolute(_context(info)["base"], value)
 
 
 def _directory(value: Any, info: ValidationInfo) -> Path:
@@ -168,7 +174,7 @@ def _directory(value: Any, info: ValidationInfo) -> Path:
     path = _path(value, info)
     if not path.is_dir():
         why = "not a directory" if path.exists() else "directory does not exist"
-        secret = value in info.context["secrets"]
+        secret = value in _context(info)["secrets"]
         raise _Invalid(f"{why} {_path_note(path, secret, 'path')}", show_input=False)
     return path
 
@@ -184,17 +190,17 @@ def _key_file(value: Any, info: ValidationInfo) -> _KeyFile:
     try:
         return _KeyFile(path, load_public_key_file(path))
     except KeyLoadError as e:
-        note = _path_note(path, value in info.context["secrets"])
+        note = _path_note(path, value in _context(info)["secrets"])
         raise _Invalid(f"{e} {note}", show_input=False) from None
 
 
 def _sink_name(value: Any, info: ValidationInfo) -> str:
-    sinks = info.context["sinks"]
+    sinks = _context(info)["sinks"]
     if _text(value) in sinks:
         return value
     defined = ", ".join(sorted(sinks)) if sinks else "none; add a [sinks.NAME] table"
     shown = f"such sink ({_HIDDEN})"
-    if value not in info.context["secrets"]:
+    if value not in _context(info)["secrets"]:
         shown = f"sink named {_short_repr(value)}"
     raise _Invalid(f"no {shown} (defined: {defined})", show_input=False)
 
@@ -238,7 +244,7 @@ def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None
     """One value of match key `key` as (normalized, as written)."""
     if not isinstance(value, str):  # error_code's integers are strings by now
         raise _Invalid(f"expected {_what(key)}")
-    secret = value in info.context["secrets"]
+    secret = value in _context(info)["secrets"]
     if key == "direction":
         if value.strip().lower() not in DIRECTIONS:
             raise _Invalid("expected inbound or outbound")
@@ -253,7 +259,7 @@ def _match_value(key: str, value: Any, info: ValidationInfo) -> tuple[str | None
         return value, value
     if key not in NUMBER_KEYS:
         return value.lower(), value
-    numbers: Mapping[str, str | None] = info.context["numbers"]
+    numbers: Mapping[str, str | None] = _context(info)["numbers"]
     if value in numbers:
         return numbers[value], value  # None when that number is wrong: reported there
     if any(c in GLOB_CHARS for c in value):
@@ -292,16 +298,48 @@ def _is(kind: type | tuple[type, ...], message: str) -> BeforeValidator:
 
 
 _Bind = Annotated[InstanceOf[BindAddress], BeforeValidator(_bind)]
-_Binds = _many(_Bind, "a host:port string", "expected at least one host:port like 0.0.0.0:8443")
 _Path = Annotated[Path, BeforeValidator(_path)]
-_KeyFiles = _many(
-    Annotated[InstanceOf[_KeyFile], BeforeValidator(_key_file)],
-    "a file path",
-    "expected at least one public key file",
-)
 _PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 _SinkName = Annotated[str, BeforeValidator(_sink_name)]
-_Dirs = _many(Annotated[Path, BeforeValidator(_directory)], "a directory path")
+if TYPE_CHECKING:
+    # What the validators below produce, for the type checker: `_many` and `_values` build
+    # pydantic types at run time, which a static checker cannot follow.
+    _Binds = list[BindAddress]
+    _KeyFiles = list[_KeyFile]
+    _Dirs = list[Path]
+    _SinkNames = list[str]
+    _Values: TypeAlias = list[tuple[str | None, str]] | None
+    _VNumber: TypeAlias = _Values
+    _VFrom: TypeAlias = _Values
+    _VTo: TypeAlias = _Values
+    _VDirection: TypeAlias = _Values
+    _VEvent: TypeAlias = _Values
+    _VStatus: TypeAlias = _Values
+    _VMessageType: TypeAlias = _Values
+    _VErrorCode: TypeAlias = _Values
+    _VCarrier: TypeAlias = _Values
+    _VText: TypeAlias = _Values
+else:
+    _Binds = _many(_Bind, "a host:port string", "expected at least one host:port like 0.0.0.0:8443")
+    _KeyFiles = _many(
+        Annotated[InstanceOf[_KeyFile], BeforeValidator(_key_file)],
+        "a file path",
+        "expected at least one public key file",
+    )
+    _Dirs = _many(Annotated[Path, BeforeValidator(_directory)], "a directory path")
+    _SinkNames = _many(_SinkName, "a sink name", "expected at least one sink name")
+    (
+        _VNumber,
+        _VFrom,
+        _VTo,
+        _VDirection,
+        _VEvent,
+        _VStatus,
+        _VMessageType,
+        _VErrorCode,
+        _VCarrier,
+        _VText,
+    ) = (_values(key) for key in MATCH_KEYS)
 _SECTION: Final[Any] = pydantic.Field(default_factory=dict, validate_default=True)
 
 
@@ -399,16 +437,16 @@ class _Match(_Table):
     """A `match` or `exclude` table; each value is (normalized, as written)."""
 
     _expected: ClassVar[str] = 'expected a table like { status = ["failed"] }'
-    number: _values("number") = None
-    from_: _values("from") = pydantic.Field(None, alias="from")
-    to: _values("to") = None
-    direction: _values("direction") = None
-    event: _values("event") = None
-    status: _values("status") = None
-    message_type: _values("message_type") = None
-    error_code: _values("error_code") = None
-    carrier: _values("carrier") = None
-    text: _values("text") = None
+    number: _VNumber = None
+    from_: _VFrom = pydantic.Field(None, alias="from")
+    to: _VTo = None
+    direction: _VDirection = None
+    event: _VEvent = None
+    status: _VStatus = None
+    message_type: _VMessageType = None
+    error_code: _VErrorCode = None
+    carrier: _VCarrier = None
+    text: _VText = None
     _order: tuple[str, ...] = ()
 
     @pydantic.model_validator(mode="wrap")
@@ -432,7 +470,7 @@ class _Route(_Table):
     name: Annotated[str, BeforeValidator(_text)] | None = None
     match: _Match | None = None
     exclude: _Match | None = None
-    sinks: _many(_SinkName, "a sink name", "expected at least one sink name")
+    sinks: _SinkNames
     final: StrictBool = False
 
     @pydantic.field_validator("exclude")
