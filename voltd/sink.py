@@ -60,9 +60,10 @@ class SinkOptions(pydantic.BaseModel):
     """Base for a sink's options: unknown keys are errors, so typos never pass silently.
 
     Describe each option with `pydantic.Field(description=...)`: `voltd plugins` shows it.
+    Defaults are validated like given values, so a default template is checked too.
     """
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 @dataclass(frozen=True, slots=True)
