@@ -21,44 +21,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (
-    ARCHIVE_PATH,
+from base import (
     DRAIN_TIMEOUT,
     HOST,
     NOISY_SHARE,
-    SINK_DIRS,
     WARMUP_SECONDS,
     WEBHOOK_PATH,
     BenchError,
-    LineCounter,
+    indent,
+    tail,
+)
+from load import summarize, wrk_load
+from probe import Probe
+from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
+from servers import (
     RssSampler,
     Server,
-    Setup,
-    SinkReader,
-    check,
     cpu_busy_seconds,
     cpu_seconds,
-    expected_deliveries,
-    fmt,
     free_port,
-    indent,
-    is_noisy,
     keep_log,
     launch_voltd,
-    make_events,
     memory_mb,
-    print_load_notes,
     send_sanity,
-    server_exit_problems,
+)
+from sinks import (
+    LineCounter,
+    SinkReader,
+    expected_deliveries,
     spool_items,
     spool_pending,
-    summarize,
-    tail,
-    voltd_config,
     wait_drained,
-    wrk_load,
 )
-from probe import Probe
+from workload import ARCHIVE_PATH, SINK_DIRS, Setup, make_events, voltd_config
 
 from voltd.spool import SpoolDB
 

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import fmt, make_events, spool_items
+from report import fmt
+from sinks import spool_items
+from workload import make_events
 
 from voltd.spool import SpoolDB
 

@@ -23,18 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import (
-    ENVELOPE_ID,
-    HOST,
-    SIG_HEADER,
-    WEBHOOK_PATH,
-    BenchEvent,
-    check,
-    fmt,
-    make_events,
-    percentiles,
-    read_appended,
-)
+from base import ENVELOPE_ID, HOST, SIG_HEADER, WEBHOOK_PATH
+from load import percentiles
+from report import check, fmt
+from sinks import read_appended
+from workload import BenchEvent, make_events
 
 # Envelope ids are rfw_<8 hex>_<32 hex>; probes start the 32 with this (still valid hex, so
 # the ids look like any other to voltd and to SinkReader).

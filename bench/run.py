@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from backlog import report_drain, report_sinkdown, run_drain, run_sinkdown
-from commit import report_commit, run_commit
-from common import (
+from base import (
     BARE_APP,
     DRAIN_TIMEOUT,
     EXPECTED_RATE,
@@ -50,42 +49,30 @@ from common import (
     OUT_DIR,
     PROFILE_FILE,
     REPO_DIR,
-    SINK_DIRS,
     WARMUP_DRAIN_TIMEOUT,
     WARMUP_SECONDS,
     WEBHOOK_PATH,
     WRK_TIMEOUT_SECONDS,
     BenchError,
-    Server,
-    Setup,
-    SinkReader,
-    WrkRun,
-    check,
-    check_signature,
-    ensure_wrk,
-    expected_deliveries,
-    fmt,
-    free_port,
-    healthz_probe,
-    http_get,
-    https_probe,
     indent,
-    is_noisy,
-    make_events,
-    memory_mb,
-    post_signed,
-    print_load_notes,
-    run_wrk,
-    server_exit_problems,
-    sign_all,
-    summarize,
     tail,
+)
+from commit import report_commit, run_commit
+from load import WrkRun, ensure_wrk, run_wrk, summarize
+from probe import Probe, make_probe_events, report_e2e
+from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
+from servers import Server, free_port, healthz_probe, http_get, https_probe, memory_mb, post_signed
+from sinks import SinkReader, expected_deliveries, wait_drained
+from stages import profile_finish, profile_report, profile_start
+from workload import (
+    SINK_DIRS,
+    Setup,
+    check_signature,
+    make_events,
+    sign_all,
     voltd_config,
-    wait_drained,
     write_requests_file,
 )
-from probe import Probe, make_probe_events, report_e2e
-from stages import profile_finish, profile_report, profile_start
 
 from voltd.keys import generate_signing_pair, make_self_signed_cert
 from voltd.spool import SpoolError

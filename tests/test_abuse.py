@@ -41,9 +41,10 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import trio
 
-from tests.conftest import Daemon, make_event
+from tests.helpers import Daemon, make_event
 from voltd.server import Ingest, hypercorn_config, make_webhook_app
 
 LIVENESS = 10.0  # a well-behaved request is answered within this, whatever else goes on
@@ -282,6 +283,7 @@ def test_every_slow_stage_has_a_bound() -> None:
     assert 0 < app.config["BODY_TIMEOUT"] <= 60  # body trickled: 408 and closed
 
 
+@pytest.mark.slow
 async def test_slow_clients_do_not_starve_well_behaved_ones(daemon: Daemon) -> None:
     """Slowloris on headers, on the body and on the TLS handshake, all held open while
     well-behaved clients are served; the header ones are cut within keep_alive_timeout."""
@@ -319,6 +321,7 @@ async def test_slow_clients_do_not_starve_well_behaved_ones(daemon: Daemon) -> N
             holders.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_a_keep_alive_connection_trickling_its_next_request_is_closed(
     daemon: Daemon,
 ) -> None:
@@ -449,6 +452,7 @@ async def test_a_full_descriptor_table_is_survived(daemon: Daemon) -> None:
     assert code == 0
 
 
+@pytest.mark.slow
 async def test_sigterm_is_not_held_up_by_a_client_that_stops_reading(daemon: Daemon) -> None:
     """A client pipelining requests without reading the answers fills the socket buffers.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Daemon, make_event
+from tests.helpers import Daemon, make_event, session_material
 from voltd.events import as_json_line
 from voltd.keys import generate_signing_pair
 
@@ -46,10 +46,9 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], code: int) ->
 
 
 @pytest.fixture(scope="module")
-def public_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real public key for every config here: RSA key generation is slow."""
-    _, public = generate_signing_pair(tmp_path_factory.mktemp("keys"))
-    return public
+def public_key() -> Path:
+    """The session's public key (RSA key generation is slow); every config gets a copy."""
+    return session_material() / "keys" / "volt_id_rsa.pub"
 
 
 def deployment(directory: Path, public_key: Path, config: str) -> Path:
@@ -382,6 +381,7 @@ def test_keygen_writes_a_private_and_a_public_key_and_never_overwrites(tmp_path:
 # voltd send, against a running daemon
 
 
+@pytest.mark.slow
 def test_send_signs_and_delivers_to_a_running_daemon(daemon: Daemon, tmp_path: Path) -> None:
     daemon.start()
     first = tmp_path / "first.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from tests.conftest import make_event
+from tests.helpers import make_event
 from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
 from voltd.events import Event, parse
 from voltd.sink import PermanentError, RetryableError, Sink

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from tests.conftest import examples
+from tests.helpers import examples
 from tests.tomlw import toml_dumps, toml_value
 from voltd import config, daemon
 from voltd.config import (

@@ -46,11 +46,11 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from werkzeug.datastructures import Headers
 
-from tests.conftest import Daemon, examples, make_event
+from tests.helpers import NOTIFY_SOCKET_NAME, Daemon, examples, make_event
 from voltd import events as events_mod
+from voltd.daemon import configure
 from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.events import as_json_line
-from voltd.daemon import configure
 from voltd.plugins import build_sinks
 from voltd.routing import Router
 from voltd.server import Ingest, IngestSettings, make_webhook_app
@@ -59,8 +59,8 @@ from voltd.verify import Verifier
 
 HEADER = "X-Respond-Flow-Signature"
 PATH = "/webhooks"
-LIMIT = 65536  # conftest's max_body_bytes
-MAX_AGE = 7 * 86400  # conftest's max_age
+LIMIT = 65536  # tests/helpers.py's max_body_bytes
+MAX_AGE = 7 * 86400  # tests/helpers.py's max_age
 #: What §3 lists for a POST to the webhook path; 503 needs a spool failure, which none makes.
 CONTRACT = frozenset({200, 400, 401, 413})
 
@@ -336,7 +336,8 @@ class Ledger:
         return out
 
     def new_lines(self) -> list[bytes]:
-        assert {p.name for p in self.root.iterdir()} <= LAYOUT | {LAYOUT_LOCK}
+        # NOTIFY_SOCKET_NAME: the test's own socket for the daemon's sd_notify (tests/helpers.py).
+        assert {p.name for p in self.root.iterdir()} <= LAYOUT | {LAYOUT_LOCK, NOTIFY_SOCKET_NAME}
         lines: list[bytes] = []
         out = self.root / "out"
         for path in sorted(out.rglob("*.jsonl")) if out.exists() else ():
@@ -614,7 +615,7 @@ class InProcess:
     """The webhook app on a real spool, with a real verifier, router and file sinks."""
 
     def __init__(self, root: Path) -> None:
-        d = Daemon(root)  # conftest's keys, certificate and config; never started here
+        d = Daemon(root)  # the helpers' keys, certificate and config; never started here
         d.configure(body=ROUTES)
         plan = configure(d.config)
         self.config, self.registry = plan.config, plan.registry

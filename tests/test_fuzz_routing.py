@@ -24,7 +24,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import examples
+from tests.helpers import examples
 from tests.tomlw import toml_str, toml_value
 from voltd import config, events
 from voltd.events import Event

@@ -18,10 +18,9 @@ from typing import Any
 import pytest
 
 import voltd
-from tests.conftest import make_event
+from tests.helpers import make_event, session_material
 from voltd.config import Config, ConfigError, load
 from voltd.events import Event, as_json_line, parse
-from voltd.keys import generate_signing_pair
 from voltd.plugins import Origin, Registry, build_sinks, discover
 
 # --------------------------------------------------------------------------------------------
@@ -69,10 +68,9 @@ def write_plugin(directory: Path, stem: str, source: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def public_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real public key for every config here: RSA key generation is slow."""
-    _, public = generate_signing_pair(tmp_path_factory.mktemp("keys"))
-    return public
+def public_key() -> Path:
+    """The session's public key (RSA key generation is slow); every config gets a copy."""
+    return session_material() / "keys" / "volt_id_rsa.pub"
 
 
 def write_config(directory: Path, public_key: Path, body: str, *, plugins: bool = False) -> Path:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import Daemon, make_event
+from tests.helpers import Daemon, make_event
 from voltd.events import Event, parse
 from voltd.spool import Outcome, Spool, SpoolDB, SpoolLocked, State
 

@@ -1,0 +1,396 @@
+"""Helpers shared by the tests (and by `fuzz/run.py`, which runs the properties without pytest):
+a real `voltd serve` process on loopback HTTPS (`Daemon`), realistic events (`make_event`), the
+vendor's example bodies (`EXAMPLES`) and the per-property example budget (`examples`).
+
+Fixtures and the hypothesis profiles live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from hypothesis import HealthCheck, settings
+
+from voltd.keys import generate_signing_pair, make_self_signed_cert
+from voltd.verify import Signer, load_private_key_file
+
+
+def examples(n: int) -> settings:
+    """`n` examples in CI; a profile that asks for more (HYPOTHESIS_PROFILE=fuzz) keeps its
+    number, so fuzzing is never capped by a test's CI budget. Slow examples are fine here."""
+    loaded = settings.default.max_examples
+    return settings(
+        max_examples=n if loaded <= settings.get_profile("ci").max_examples else max(n, loaded),
+        suppress_health_check={
+            *settings.default.suppress_health_check,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        },
+    )
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "voltd" / "examples"
+
+BASE_CONFIG = """\
+[server]
+bind = ["127.0.0.1:0"]
+path = "/webhooks"
+certfile = "tls/cert.pem"
+keyfile = "tls/key.pem"
+max_body_bytes = 65536
+
+[admin]
+bind = "127.0.0.1:0"
+
+[verify]
+public_keys = ["keys/volt_id_rsa.pub"]
+{verify_extra}
+
+[spool]
+path = "spool.db"
+
+[retry]
+initial = "100ms"
+max_delay = "500ms"
+give_up_after = "{give_up_after}"
+
+[numbers]
+front-desk = "+1 (555) 555-0123"
+sales = "+1 555 555 0145"
+
+{body}
+"""
+
+DEFAULT_BODY = """\
+[[routes]]
+name = "all"
+sinks = ["all"]
+
+[[routes]]
+name = "front desk"
+match = { number = ["front-desk"] }
+sinks = ["front-desk"]
+
+[[routes]]
+name = "sales"
+match = { number = ["sales"] }
+sinks = ["sales"]
+
+[sinks.all]
+type = "file"
+path = "out/all.jsonl"
+
+[sinks.front-desk]
+type = "file"
+path = "out/front-desk/{our_number}-{direction}.jsonl"
+
+[sinks.sales]
+type = "file"
+path = "out/sales/{our_number}-{direction}.jsonl"
+"""
+
+
+def make_event(
+    *,
+    eid: str | None = None,
+    direction: str = "inbound",
+    our: str = "+15555550123",
+    their: str = "+15555550199",
+    status: str = "received",
+    event_type: str = "message.received",
+    when: int | None = None,
+    text: str = "hello",
+    **extra: object,
+) -> bytes:
+    """A fresh, realistic messaging envelope as compact JSON bytes."""
+    frm, to = (their, our) if direction == "inbound" else (our, their)
+    payload = {
+        "message_app_id": "40318006-1cae-4997-acbc-fe9a4aadb7dd",
+        "id": "rf_" + uuid.uuid4().hex[:20],
+        "to_number": to,
+        "from_number": frm,
+        "type": "SMS",
+        "text": text,
+        "status": status,
+        "event_type": event_type,
+        "direction": direction,
+        "carrier_name": "T-MOBILE USA, INC.",
+        "error_code": None,
+        "media": [],
+        "parts": 1,
+        **extra,
+    }
+    env = {
+        "type": "messaging",
+        "id": eid or "rfw_" + uuid.uuid4().hex,
+        "payload": payload,
+        "time": int(time.time()) if when is None else when,
+    }
+    return json.dumps(env, separators=(",", ":")).encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Key material: made once per session (RSA key generation takes 50-100 ms), copied per daemon
+
+_material: Path | None = None
+
+
+def session_material() -> Path:
+    """A directory holding one signing key pair (`keys/volt_signing_key.pem`,
+    `keys/volt_id_rsa.pub`) and one self-signed certificate (`tls/cert.pem`, `tls/key.pem`),
+    made on first use and shared by the whole session (this process); removed at exit.
+
+    Copy the files, never use them in place: every test gets its own files on disk. A test
+    that needs a key or certificate distinct from every other test's makes its own with
+    `voltd.keys` (e.g. the "wrong key" cases in test_e2e.py and test_cli.py).
+    """
+    global _material
+    if _material is None:
+        root = Path(tempfile.mkdtemp(prefix="voltd-test-keys-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        generate_signing_pair(root / "keys")
+        make_self_signed_cert(root / "tls")
+        _material = root
+    return _material
+
+
+def copy_material(subdir: str, into: Path) -> None:
+    """The session's `keys` or `tls` files into directory `into` (made if missing), modes kept."""
+    into.mkdir(parents=True, exist_ok=True)
+    for path in sorted((session_material() / subdir).iterdir()):
+        shutil.copy2(path, into / path.name)
+
+
+# --------------------------------------------------------------------------------------------
+# The daemon
+
+#: The sd_notify socket a started Daemon listens on, in its directory.
+NOTIFY_SOCKET_NAME = "notify.sock"
+#: The longest path an AF_UNIX socket can be bound to (sun_path is 108 bytes with its NUL).
+_UNIX_PATH_MAX = 107
+
+
+def _status_urls(message: str) -> tuple[list[str], list[str]]:
+    """Webhook and admin URLs from a `READY=1\\nSTATUS=serving webhooks on URL [URL...];
+    admin on URL` notification (see `voltd.daemon.Daemon._ready_message`)."""
+    status = ""
+    for line in message.split("\n"):
+        if line.startswith("STATUS="):
+            status = line.removeprefix("STATUS=")
+    webhooks, _, admin = status.partition("; admin on ")
+    return webhooks.removeprefix("serving webhooks on ").split(), admin.split()
+
+
+class Daemon:
+    """One deployment directory and the `voltd serve` process running on it.
+
+    The signing keys and TLS certificate are copies of the session's (`session_material`).
+    `start()` gives the process a NOTIFY_SOCKET of its own and returns when the daemon sends
+    READY=1 (as systemd would see it); its STATUS= says where it listens (`urls`, `url`,
+    `admin_url`). Everything the daemon sent there since the last start is in `notifications`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        copy_material("keys", root / "keys")
+        copy_material("tls", root / "tls")
+        self.private_key = root / "keys" / "volt_signing_key.pem"
+        self.public_key = root / "keys" / "volt_id_rsa.pub"
+        self.cert = root / "tls" / "cert.pem"
+        self.signer = Signer(load_private_key_file(self.private_key))
+        self.config = root / "config.toml"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.urls: list[str] = []
+        self.url = ""
+        self.admin_url = ""
+        self.log: list[str] = []
+        self._client: httpx.Client | None = None
+        self._reader: threading.Thread | None = None
+        self._notify: socket.socket | None = None
+        self._notify_path: Path | None = None
+        self._notify_dir: Path | None = None  # a short temp directory when root's path is long
+        self._notifications: list[str] = []
+
+    def configure(
+        self,
+        body: str = DEFAULT_BODY,
+        verify_extra: str = 'max_age = "7d"',
+        give_up_after: str = "1h",
+    ) -> Path:
+        self.config.write_text(
+            BASE_CONFIG.format(body=body, verify_extra=verify_extra, give_up_after=give_up_after)
+        )
+        return self.config
+
+    def start(self, timeout: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> None:
+        """Start `voltd serve` and wait for READY=1 on its NOTIFY_SOCKET (set for the child
+        only); fail with the last log lines if it exits or times out first."""
+        if not self.config.exists():
+            self.configure()
+        self._close_notify()
+        self._notifications = []
+        notify = self._open_notify()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=str(self._notify_path))
+        self.proc = proc = subprocess.Popen(
+            [sys.executable, "-m", "voltd", "serve", "-c", str(self.config)],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,
+            env=env,
+        )
+        log = self.log
+        stream = proc.stderr
+        assert stream is not None
+
+        def reader() -> None:
+            for raw in stream:
+                log.append(raw.decode(errors="replace").rstrip())
+
+        self._reader = threading.Thread(target=reader, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        notify.settimeout(0.05)
+        ready = None
+        while ready is None:
+            try:
+                message = notify.recv(65536).decode(errors="replace")
+            except TimeoutError:
+                message = None
+            if message is not None:
+                self._notifications.append(message)
+                if "READY=1" in message.split("\n"):
+                    ready = message
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    time.sleep(0.2)  # its last lines
+                self._finish_log(1.0)
+                raise RuntimeError("voltd did not start:\n" + "\n".join(self.log[-40:]))
+        notify.setblocking(False)
+        self.urls, admin = _status_urls(ready)
+        if not self.urls:
+            raise RuntimeError(f"voltd said READY=1 without its webhook URLs: {ready!r}")
+        self.url = self.urls[0]
+        self.admin_url = admin[0] if admin else ""
+
+    @property
+    def notifications(self) -> list[str]:
+        """What the daemon sent to NOTIFY_SOCKET since the last start, oldest first (after
+        `stop()`, including what it sent while stopping)."""
+        self._receive_notifications()
+        return list(self._notifications)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._finish_log(5.0)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self._close_notify()
+        return code
+
+    def close(self) -> None:
+        """Kill the process if it still runs and release the notify socket (fixture teardown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._close_notify()
+
+    def _finish_log(self, timeout: float) -> None:
+        """Let the stderr reader take in the last lines of a process that has exited."""
+        if self._reader is not None and self.proc is not None and self.proc.poll() is not None:
+            self._reader.join(timeout)
+
+    def _open_notify(self) -> socket.socket:
+        path = self.root / NOTIFY_SOCKET_NAME
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            self._notify_dir = Path(tempfile.mkdtemp(prefix="voltd-", dir="/tmp"))
+            path = self._notify_dir / NOTIFY_SOCKET_NAME
+        path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        self._notify, self._notify_path = sock, path
+        return sock
+
+    def _receive_notifications(self) -> None:
+        """Take in the datagrams waiting on the notify socket."""
+        if self._notify is None:
+            return
+        self._notify.setblocking(False)
+        while True:
+            try:
+                self._notifications.append(self._notify.recv(65536).decode(errors="replace"))
+            except BlockingIOError:
+                return
+
+    def _close_notify(self) -> None:
+        if self._notify is not None:
+            self._receive_notifications()
+            self._notify.close()
+            self._notify = None
+        if self._notify_path is not None:
+            self._notify_path.unlink(missing_ok=True)
+            self._notify_path = None
+        if self._notify_dir is not None:
+            shutil.rmtree(self._notify_dir, ignore_errors=True)
+            self._notify_dir = None
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.cert))
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(verify=self.tls(), timeout=30)
+        return self._client
+
+    def post(
+        self,
+        body: bytes,
+        *,
+        signature: str | Callable[[bytes], str] | None = "sign",
+        headers: dict[str, str] | None = None,
+        url: str | None = None,
+    ) -> httpx.Response:
+        h: dict[str, str | bytes] = {"Content-Type": "application/json", **(headers or {})}
+        if signature == "sign":
+            h["X-Respond-Flow-Signature"] = self.signer.sign(body)
+        elif callable(signature):
+            h["X-Respond-Flow-Signature"] = signature(body)
+        elif signature is not None:
+            h["X-Respond-Flow-Signature"] = signature
+        return self.client.post(url or self.url, content=body, headers=h)
+
+    def lines(self, relpath: str) -> list[bytes]:
+        path = self.root / relpath
+        return path.read_bytes().splitlines() if path.exists() else []
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out; daemon log:\n" + "\n".join(self.log[-30:]))
+            time.sleep(0.05)
