@@ -516,6 +516,7 @@ def with_plugin_dirs(daemon: Daemon, body: str) -> None:
     daemon.config.write_text('plugin_dirs = ["plugins"]\n' + daemon.config.read_text())
 
 
+@pytest.mark.slow
 def test_broken_plugins_are_reported_and_the_daemon_keeps_serving(daemon: Daemon) -> None:
     plugins = daemon.root / "plugins"
     plugin(plugins, "runtime", BROKEN_AT_RUN_TIME)
