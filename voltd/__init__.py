@@ -9,6 +9,7 @@ from voltd.events import PATH_FIELDS, Event
 from voltd.hookspecs import hookimpl
 from voltd.sink import (
     PLUGIN_API_VERSION,
+    Duration,
     EndpointGone,
     PermanentError,
     Register,
@@ -20,10 +21,12 @@ from voltd.sink import (
     require_api,
 )
 
+#: voltd's release; plugins check the plugin API with `require_api`, not this.
 __version__ = "0.1.0"
 __all__ = [
     "PATH_FIELDS",
     "PLUGIN_API_VERSION",
+    "Duration",
     "EndpointGone",
     "Event",
     "PermanentError",

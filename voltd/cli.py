@@ -310,8 +310,14 @@ def cmd_plugin_new(args: argparse.Namespace) -> int:
         root = scaffold(args.name, Path(args.dir))
     except ScaffoldError as exc:
         _fail(str(exc))
+    from voltd.scaffold import voltd_source
+
     print(f"made {root}: a voltd plugin distribution with one sink type, {args.name!r}")
-    print(f"next: cd {root} && uv run pytest   (or: pip install -e {root} beside voltd)")
+    print("next, to run its tests:")
+    print(f"  cd {root}")
+    print(f"  uv venv && uv pip install {voltd_source()} -e . pytest pytest-trio")
+    print("  .venv/bin/python -m pytest")
+    print(f"to use it: install {root} into voltd's environment; `voltd plugins` lists it")
     return 0
 
 

@@ -269,8 +269,7 @@ class Daemon:
                 sinks[name] = running.sink
                 await close_sink(name, sink)
                 continue
-            if sink.context.state is not None:
-                sink.context.state._attach(spool)
+            sink.context.state._attach(spool)
             info = plan.registry.sink_types.get(new.sinks[name].type)
             origin = str(info.origin) if info is not None else ""
             worker = SinkWorker(

@@ -172,14 +172,17 @@ class Event:
 
     @property
     def status(self) -> str | None:
+        """The message's status: `received`, `sent`, `delivered`, `failed`, ..."""
         return self.field(_STATUS)
 
     @property
     def event_type(self) -> str | None:
+        """What happened: `message.received`, `message.sent`, `message.finalized`, ..."""
         return self.field(_EVENT)
 
     @property
     def text(self) -> str | None:
+        """The SMS text: anyone can send it, so treat it as hostile in any markup."""
         return self.field(_TEXT)
 
     @property

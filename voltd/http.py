@@ -55,7 +55,6 @@ import httpx
 import pydantic
 import trio
 
-from voltd.config import parse_duration
 from voltd.sink import (
     EndpointGone,
     PermanentError,
@@ -64,6 +63,7 @@ from voltd.sink import (
     SinkError,
     SinkOptions,
 )
+from voltd.sink import _seconds as _duration
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -97,7 +97,6 @@ _HOSTNAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
 _IPV6: Final = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*")
 
 
-
 def _quiet_httpx_logs() -> None:
     """httpx logs every request's full URL at INFO, secrets in the path included: raise its
     loggers to WARNING unless the operator set them (done when a client is built, not on
@@ -113,7 +112,7 @@ def _quiet_httpx_logs() -> None:
 
 
 def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
+    seconds = _duration(value)
     if seconds <= 0:
         raise ValueError("expected a duration greater than zero, like 15s")
     return seconds

@@ -38,6 +38,24 @@ def names(name: str) -> dict[str, str]:
     return {"type": name, "module": module, "cls": cls, "dist": "voltd-" + name, "env": env}
 
 
+def voltd_source() -> str:
+    """What to install voltd from: the directory this voltd was installed from when it was a
+    local one (a checkout), else its name for the package index."""
+    import importlib.metadata
+    import json
+    from urllib.parse import unquote, urlparse
+
+    try:
+        text = importlib.metadata.distribution("voltd").read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from source
+        text = None
+    if text:
+        url = urlparse(json.loads(text).get("url", ""))
+        if url.scheme == "file" and Path(unquote(url.path)).is_dir():
+            return unquote(url.path)
+    return "voltd"
+
+
 def scaffold(name: str, parent: Path) -> Path:
     """Write the distribution `voltd-NAME/` under `parent`; returns its directory."""
     n = names(name)
@@ -53,6 +71,7 @@ def scaffold(name: str, parent: Path) -> Path:
     }
     values = {
         **n,
+        "voltd_source": voltd_source(),
         "voltd_version": __version__,
         "api_major": str(PLUGIN_API_VERSION[0]),
         "api_minor": str(PLUGIN_API_VERSION[1]),
@@ -107,7 +126,6 @@ MODULE = '''\
 from __future__ import annotations
 
 import pydantic
-
 import voltd
 from voltd.http import HttpClient, HttpOptions
 from voltd.templates import TextTemplate, TimeZone, template_data
@@ -164,8 +182,8 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 import voltd.testing as vt
+
 from {{module}} import {{cls}}
 
 
@@ -255,7 +273,12 @@ to a URL as JSON (`{"text": "..."}`).
 
 ## Develop
 
-    uv run --with-editable . --with pytest --with pytest-trio pytest
+In a virtual environment with voltd (from PyPI, a wheel, or a checkout's path) and this
+plugin installed in editable mode:
+
+    uv venv
+    uv pip install {{voltd_source}} -e . pytest pytest-trio
+    .venv/bin/python -m pytest
 
 See voltd's docs/writing-plugins.md for the plugin API.
 """

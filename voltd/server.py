@@ -227,7 +227,7 @@ def hypercorn_config(
         hc.certfile = str(certfile)
         hc.keyfile = str(keyfile)
     hc.accesslog = None
-    hc.errorlog = logging.getLogger("voltd.http")
+    hc.errorlog = logging.getLogger("voltd.listener")
     hc.include_server_header = False
     # What ends a slow or idle connection (tests/test_abuse.py): the TLS handshake within
     # 10 s; a connection without a request for `keep_alive_timeout` (5 s, also between

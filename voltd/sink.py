@@ -14,13 +14,14 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
 import pydantic
 
+from voltd.state import SinkState
+
 if TYPE_CHECKING:
     from voltd.events import Event
-    from voltd.state import SinkState
 
 #: The plugin API's version, (major, minor). A new minor adds names and optional parts; only a
 #: new major removes or changes what a plugin may rely on. Check it with `require_api`.
@@ -56,6 +57,17 @@ class EndpointGone(SinkError):
     """
 
 
+def _seconds(value: Any) -> float:
+    from voltd.config.values import parse_duration  # the config's own reading of durations
+
+    return parse_duration(value)
+
+
+#: An option holding a duration, written like the config's others ("200ms", "15s", "10m",
+#: "1h30m", or a number of seconds); the sink gets seconds as a float.
+Duration = Annotated[float, pydantic.BeforeValidator(_seconds)]
+
+
 class SinkOptions(pydantic.BaseModel):
     """Base for a sink's options: unknown keys are errors, so typos never pass silently.
 
@@ -75,7 +87,11 @@ class SinkContext:
     #: our numbers' names from `[numbers]`, E.164 number -> name
     numbers: Mapping[str, str] = field(default_factory=dict)
     #: a small durable key-value store of this sink's own (see `voltd.state.SinkState`)
-    state: SinkState | None = None
+    state: SinkState = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.state is None:  # a context made by hand (tests): its own, unattached store
+            object.__setattr__(self, "state", SinkState(self.name))
 
     def path(self, text: str | Path) -> Path:
         """An option's path, relative to the configuration file's directory."""
@@ -102,7 +118,7 @@ class Sink(abc.ABC):
     `await trio.to_thread.run_sync(fn, limiter=...)`. A sink that stalls the loop is logged.
     """
 
-    #: The options model: the `[sinks.NAME]` table, less `type` and the delivery options.
+    #: The options model: the `[sinks.NAME]` table, less `type`.
     Options: ClassVar[type[SinkOptions]] = SinkOptions
     #: The most events one `send_batch` gets (a sink whose cost is per call wants more);
     #: None: voltd's default (256).

@@ -200,6 +200,7 @@ class SpoolDB:
             return version or SCHEMA_VERSION
         with self._transaction("spool migration failed") as c:
             version = self._schema_version()  # another connection may have done it meanwhile
+            new = version is None
             if version is None:
                 for statement in _BASE:
                     c.execute(statement)
@@ -207,7 +208,7 @@ class SpoolDB:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[step]:
                     c.execute(statement)
-                if step > 1:
+                if not new:
                     log.info("%s: spool schema migrated to version %d", self.path, step)
             c.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",

@@ -15,7 +15,9 @@ from typing import Protocol
 
 __all__ = ["MAX_KEY", "MAX_VALUE", "SinkState", "StateUnavailable"]
 
+#: The longest key, in characters.
 MAX_KEY = 200
+#: The longest value, in characters.
 MAX_VALUE = 64 * 1024
 
 

@@ -117,6 +117,7 @@ NAMES: Final = frozenset(
 #: The longest output when a sink does not say (characters, "…" included).
 DEFAULT_MAX_LENGTH: Final = 100_000
 
+#: What a wrong time zone option is told (from `get_zone` and `TimeZone`).
 ZONE_EXPECTED: Final = "expected an IANA time zone like Europe/Berlin or UTC"
 
 _ELLIPSIS: Final = "…"

@@ -186,8 +186,7 @@ def build_sink(
             type_name, sink_type, Origin(type_name, path="voltd.testing")
         )
         sink = build_sinks(config, registry)[name]
-    if sink.context.state is not None:
-        sink.context.state._attach(MemoryState())
+    sink.context.state._attach(MemoryState())
     return sink
 
 
