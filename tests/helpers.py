@@ -8,7 +8,6 @@ Fixtures and the hypothesis profiles live in tests/conftest.py.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import httpx
 from hypothesis import HealthCheck, settings
 
 from voltd.keys import generate_signing_pair, make_self_signed_cert
+from voltd.testing import make_body
 from voltd.verify import Signer, load_private_key_file
 
 
@@ -105,43 +104,8 @@ path = "out/sales/{our_number}-{direction}.jsonl"
 """
 
 
-def make_event(
-    *,
-    eid: str | None = None,
-    direction: str = "inbound",
-    our: str = "+15555550123",
-    their: str = "+15555550199",
-    status: str = "received",
-    event_type: str = "message.received",
-    when: int | None = None,
-    text: str = "hello",
-    **extra: object,
-) -> bytes:
-    """A fresh, realistic messaging envelope as compact JSON bytes."""
-    frm, to = (their, our) if direction == "inbound" else (our, their)
-    payload = {
-        "message_app_id": "40318006-1cae-4997-acbc-fe9a4aadb7dd",
-        "id": "rf_" + uuid.uuid4().hex[:20],
-        "to_number": to,
-        "from_number": frm,
-        "type": "SMS",
-        "text": text,
-        "status": status,
-        "event_type": event_type,
-        "direction": direction,
-        "carrier_name": "T-MOBILE USA, INC.",
-        "error_code": None,
-        "media": [],
-        "parts": 1,
-        **extra,
-    }
-    env = {
-        "type": "messaging",
-        "id": eid or "rfw_" + uuid.uuid4().hex,
-        "payload": payload,
-        "time": int(time.time()) if when is None else when,
-    }
-    return json.dumps(env, separators=(",", ":")).encode()
+#: A fresh, realistic messaging envelope as compact JSON bytes (the plugin SDK's own).
+make_event = make_body
 
 
 # --------------------------------------------------------------------------------------------

@@ -574,13 +574,21 @@ class TemplateSpec:
     def __get_pydantic_core_schema__(
         self, source_type: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self.validate,
-            json_schema_input_schema=core_schema.str_schema(),
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _template_source, when_used="always"
-            ),
-        )
+        return _string_option(self.validate, _template_source)
+
+
+def _string_option(
+    validate: Callable[[Any], Any], serialize: Callable[[Any], Any]
+) -> core_schema.CoreSchema:
+    """An option written as a string and held as an object (a Template, a ZoneInfo): read
+    with `validate`, written back as the string by `serialize`."""
+    return core_schema.no_info_plain_validator_function(
+        validate,
+        json_schema_input_schema=core_schema.str_schema(),
+        serialization=core_schema.plain_serializer_function_ser_schema(
+            serialize, when_used="always"
+        ),
+    )
 
 
 def _template_source(value: Any) -> Any:
@@ -595,13 +603,7 @@ class _ZoneSpec:
     def __get_pydantic_core_schema__(
         self, source_type: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self.validate,
-            json_schema_input_schema=core_schema.str_schema(),
-            serialization=core_schema.plain_serializer_function_ser_schema(
-                _zone_key, when_used="always"
-            ),
-        )
+        return _string_option(self.validate, _zone_key)
 
 
 def _zone_key(value: Any) -> Any:

@@ -45,6 +45,7 @@ __all__ = [
     "build_sink",
     "check_sink",
     "deliver",
+    "make_body",
     "make_event",
     "volt_examples",
 ]
@@ -63,7 +64,7 @@ def volt_examples() -> list[Event]:
     return out
 
 
-def make_event(
+def make_body(
     *,
     direction: str = "inbound",
     our: str = "+15555550123",
@@ -74,8 +75,9 @@ def make_event(
     eid: str | None = None,
     when: float | None = None,
     **payload: Any,
-) -> Event:
-    """A realistic messaging event; extra keyword arguments become payload fields."""
+) -> bytes:
+    """The request body of a realistic messaging event, as Volt sends it (compact JSON);
+    extra keyword arguments become payload fields. For tests that POST or store raw bodies."""
     frm, to = (their, our) if direction == "inbound" else (our, their)
     body = {
         "message_app_id": "40318006-1cae-4997-acbc-fe9a4aadb7dd",
@@ -99,7 +101,12 @@ def make_event(
         "payload": body,
         "time": int(time.time()) if when is None else when,
     }
-    return _event(json.dumps(envelope, separators=(",", ":")).encode())
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def make_event(**fields: Any) -> Event:
+    """A realistic messaging event (see `make_body` for the fields you may set)."""
+    return _event(make_body(**fields))
 
 
 def _event(raw: bytes) -> Event:
