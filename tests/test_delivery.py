@@ -278,7 +278,9 @@ async def test_a_down_sink_is_paused_not_tried_for_every_new_event(tmp_path: Pat
     finally:
         spool.close()
     assert 1 <= calls_while_down <= min(probes_allowed, 12), calls_while_down  # not 20
-    assert pending[0] == 200 and pending[1] > 0  # most arrivals were never tried while down
+    # All waited in the spool; each probe took what was waiting in one call, so how many were
+    # never tried depends on when the last probe fell (on a loaded machine: none).
+    assert pending[0] == 200
     assert sorted(sink.got) == sorted(e.id for e in events)
 
 
