@@ -23,7 +23,7 @@ from tests.helpers import Daemon, make_event
 from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.events import parse
 from voltd.plugins import Origin, close_sink, discover
-from voltd.spool import SCHEMA_VERSION, Spool, SpoolDB, SpoolError
+from voltd.spool import SCHEMA_VERSION, Due, Spool, SpoolDB, SpoolError
 from voltd.stall import StallWatch
 
 # --------------------------------------------------------------------------------------------
@@ -318,18 +318,25 @@ async def test_close_sink_survives_aclose_raising_or_hanging(caplog: Any) -> Non
     assert "sink h: aclose did not finish within 0.2s" in caplog.text
 
 
-async def test_stall_watch_names_the_sink_that_blocked_the_loop(caplog: Any) -> None:
+async def test_stall_watch_names_the_sink_that_blocked_the_loop(
+    caplog: Any, tmp_path: Path
+) -> None:
     caplog.set_level(logging.WARNING)
     sink = vt.build_sink(Blocking)
-    worker = SinkWorker("pager", sink, None, RetryPolicy())  # type: ignore[arg-type]
-    due = [type("Due", (), {"event": vt.make_event(), "attempts": 0, "received_at": 0})()]
+    spool = Spool(tmp_path / "spool.db")
+    worker = SinkWorker("pager", sink, spool, RetryPolicy())
+    due = [Due(vt.make_event(), 0, time.time())]
     watch = StallWatch(lambda o: o.name if isinstance(o, SinkWorker) else None)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run)
-        await trio.sleep(0.1)
-        await worker.attempt(due)  # type: ignore[arg-type]
-        await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            nursery.start_soon(watch.run)
+            await trio.sleep(0.1)
+            await worker.attempt(due)
+            await trio.sleep(0.1)
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
     assert watch.stalls == 1
     assert "blocked for" in caplog.text and "by sink 'pager'" in caplog.text
     assert "test_sdk.py" in caplog.text and "in send" in caplog.text

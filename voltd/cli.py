@@ -396,10 +396,9 @@ def cmd_register(args: argparse.Namespace) -> int:
 # -- spool --------------------------------------------------------------------------------
 
 
-def _spool_db(args: argparse.Namespace, readonly: bool) -> Any:
+def _spool_db(config: Any, readonly: bool) -> Any:
     from voltd.spool import SpoolDB, SpoolError
 
-    config = _load(args.config)
     path = config.spool.path
     if not path.exists():
         _fail(f"{path}: no spool yet (the daemon creates it on first start)", 1)
@@ -409,18 +408,131 @@ def _spool_db(args: argparse.Namespace, readonly: bool) -> Any:
         _fail(str(exc), 1)
 
 
+def _ago(seconds: float | None) -> str:
+    """An age or a delay as `45s`, `3m 20s`, `2h 5m`, `1d 4h`; `-` for none."""
+    if seconds is None:
+        return "-"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _daemon_running(spool_path: Path) -> bool:
+    """Whether a `voltd serve` holds this spool (its lock file is locked)."""
+    import fcntl
+
+    lock = spool_path.with_name(spool_path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _spool_status(db: Any, config: Any, as_json: bool) -> None:
+    import time
+
+    from voltd.spool import empty_report
+
+    now = time.time()
+    report = db.report(now)
+    running = _daemon_running(config.spool.path)
+    for sink in config.sinks:
+        report.setdefault(sink, empty_report())
+    for sink, row in report.items():
+        worker = row.get("worker")
+        if not running:
+            row["state"], row["reason"], row["in_flight"] = "stopped", None, 0
+        elif worker is None:
+            row["state"], row["reason"], row["in_flight"] = "ok", None, 0
+        else:
+            row["state"], row["reason"] = worker["state"], worker["reason"]
+            row["in_flight"] = worker["in_flight"]
+            row["last_error"] = worker["last_error"] or row["last_error"]
+            if worker["state"] == "paused":
+                row["next_retry"] = worker["next_attempt"]
+        if sink not in config.sinks:
+            row["state"] = "not configured"
+    if as_json:
+        print(
+            json.dumps(
+                {"events": db.event_count(), "daemon_running": running, "sinks": report},
+                indent=2,
+                default=str,
+            )
+        )
+        return
+    print(f"events stored: {db.event_count()}; daemon {'running' if running else 'not running'}")
+    head = (
+        "sink",
+        "state",
+        "pending",
+        "in flight",
+        "retrying",
+        "next retry",
+        "dead",
+        "done 1h",
+        "oldest",
+    )
+    rows = [head]
+    for sink, r in sorted(report.items()):
+        nxt = _ago(r["next_retry"] - now) if r["next_retry"] else "-"
+        rows.append(
+            (
+                sink,
+                r["state"],
+                str(r["pending"]),
+                str(r["in_flight"]),
+                str(r["retrying"]),
+                nxt,
+                str(r["dead"]),
+                str(r["delivered_last_hour"]),
+                _ago(r["oldest_pending_age"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    for sink, r in sorted(report.items()):
+        if r["state"] == "disabled":
+            print(
+                f"{sink}: disabled: {r['reason']}; `voltd spool retry --sink {sink}` or a "
+                "reload enables it"
+            )
+        elif r["last_error"] and (r["pending"] or r["state"] == "paused"):
+            print(f"{sink}: last error: {r['last_error']}")
+
+
 def cmd_spool(args: argparse.Namespace) -> int:
-    db = _spool_db(args, readonly=args.action != "replay")
+    config = _load(args.config)
+    db = _spool_db(config, readonly=args.action not in ("replay", "retry"))
     try:
         if args.action == "status":
-            status = db.status()
-            print(f"events stored: {db.event_count()}")
-            print(f"{'sink':<24} {'pending':>8} {'delivered':>10} {'dead':>6}")
-            for sink, counts in sorted(status.items()):
-                print(
-                    f"{sink:<24} {counts['pending']:>8} {counts['delivered']:>10} "
-                    f"{counts['dead']:>6}"
-                )
+            _spool_status(db, config, args.json)
+        elif args.action == "retry":
+            if not args.sink:
+                _fail("spool retry needs --sink NAME (the sink to enable again)")
+            n = db.request_retry(args.sink)
+            print(
+                f"sink {args.sink}: {n} waiting deliveries due now; a running daemon enables "
+                "the sink within seconds"
+            )
         elif args.action == "dead":
             rows = db.dead(args.sink)
             if args.json:
@@ -491,12 +603,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", help="work here instead of a new temporary directory")
     sp.set_defaults(func=cmd_demo)
 
-    sp = sub.add_parser("spool", help="inspect the spool, list and replay dead letters")
-    sp.add_argument("action", choices=["status", "dead", "replay"])
+    sp = sub.add_parser(
+        "spool", help="sinks' state and queues; dead letters; replay; enable a disabled sink"
+    )
+    sp.add_argument("action", choices=["status", "dead", "replay", "retry"])
     with_config(sp)
     sp.add_argument("--sink", help="only this sink")
     sp.add_argument("--seq", type=int, nargs="*", help="replay: only these event numbers")
-    sp.add_argument("--json", action="store_true", help="dead: print JSON")
+    sp.add_argument("--json", action="store_true", help="status, dead: print JSON")
     sp.set_defaults(func=cmd_spool)
 
     sp = sub.add_parser("register", help="register the webhook URL with Volt's GraphQL API")

@@ -28,6 +28,7 @@ from quart_trio import QuartTrio
 
 from voltd import systemd, workarounds
 from voltd.config import Config, load
+from voltd.config.values import Rate
 from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
 from voltd.plugins import Registry, build_sinks, close_sink, discover, number_names
 from voltd.server import (
@@ -64,9 +65,21 @@ def configure(path: str | Path) -> Plan:
     return Plan(config, registry, build_sinks(config, registry))
 
 
-def retry_policy(config: Config) -> RetryPolicy:
+def retry_policy(config: Config, sink: str | None = None) -> RetryPolicy:
+    """`[retry]`, or for `sink`, with the keys of its own `retry` table over it."""
     r = config.retry
+    own = config.sinks[sink].delivery.retry if sink is not None else None
+    if own is not None:
+        r = own.over(r)
     return RetryPolicy(r.initial, r.max_delay, r.give_up_after)
+
+
+def sink_rate(config: Config, name: str, sink: Sink) -> float | None:
+    """Calls per second for `sink`: its `rate`, else its type's `default_rate`, else none."""
+    rate = config.sinks[name].delivery.rate
+    if rate is None and sink.default_rate:
+        rate = Rate.parse(sink.default_rate)
+    return rate.per_second if rate is not None else None
 
 
 #: Settings that only a restart changes (the listeners and the spool file).
@@ -153,7 +166,7 @@ class Daemon:
                     )
                     self.webhook_urls = [b + cfg.server.path for b in binds]
                     if cfg.admin.bind is not None:
-                        admin = make_admin_app(spool, ingest, lambda: serving)
+                        admin = make_admin_app(spool, ingest, lambda: serving, self._sink_status)
                         self.admin_urls = await http.start(
                             partial(
                                 hypercorn_serve,
@@ -177,6 +190,8 @@ class Daemon:
                 serving = False
                 log.info("listeners closed; letting in-flight deliveries finish")
                 stop_delivery.set()
+            with trio.move_on_after(5):
+                await spool.flush()  # outcomes queued by the workers, before the writer stops
             core.cancel_scope.cancel()
         log.info("stopped")
 
@@ -186,6 +201,11 @@ class Daemon:
         if self.admin_urls:
             status += "; admin on " + " ".join(self.admin_urls)
         return f"READY=1\nSTATUS={status}"
+
+    def _sink_status(self) -> dict[str, Any]:
+        """Each sink's state for /healthz: ok, paused or disabled, and why."""
+        workers = self.deliveries.workers if self.deliveries is not None else {}
+        return {name: worker.status() for name, worker in workers.items()}
 
     def _stalled_sink(self, worker: object) -> str | None:
         return worker.name if isinstance(worker, SinkWorker) else None
@@ -259,9 +279,10 @@ class Daemon:
         async with trio.open_nursery() as stopping:
             for name in changed:
                 stopping.start_soon(deliveries.stop, name)
-        policy, names = retry_policy(new), number_names(new)
+        names = number_names(new)
         sinks: dict[str, Sink] = {}
         for name, sink in plan.sinks.items():
+            policy = retry_policy(new, name)
             running = None if first else deliveries.workers.get(name)
             if running is not None:  # unchanged: keep the running one, drop the new copy
                 running.policy, running.names = policy, names
@@ -273,7 +294,15 @@ class Daemon:
             info = plan.registry.sink_types.get(new.sinks[name].type)
             origin = str(info.origin) if info is not None else ""
             worker = SinkWorker(
-                name, sink, spool, policy, self.delivery, names=names, origin=origin
+                name,
+                sink,
+                spool,
+                policy,
+                self.delivery,
+                names=names,
+                origin=origin,
+                concurrency=new.sinks[name].delivery.concurrency,
+                rate=sink_rate(new, name, sink),
             )
             await deliveries.start(worker)
             sinks[name] = sink

@@ -29,6 +29,9 @@ SIGNATURE_ENCODING: Final = "base64"
 SPOOL_PATH: Final = "spool.db"
 RETENTION: Final = 7 * 86400.0
 
+# [sinks.NAME] delivery settings: concurrency from 1 (in order) to this.
+MAX_CONCURRENCY: Final = 256
+
 # [retry]
 RETRY_INITIAL: Final = 2.0
 RETRY_MAX_DELAY: Final = 3600.0

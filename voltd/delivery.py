@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -65,6 +66,22 @@ class DeliveryOptions:
 _NEVER = 1e18  # a time after every retry
 
 
+class Pace:
+    """The `rate` delivery setting: sink calls evenly spaced, `per_second` at most, shared by
+    all of a sink's concurrent sends (a burst never goes out faster than the rate)."""
+
+    def __init__(self, per_second: float) -> None:
+        self.interval = 1.0 / per_second
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        now = trio.current_time()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await trio.sleep_until(at)
+
+
 def _timeout_or(exc: Exception, options: DeliveryOptions) -> Exception:
     if isinstance(exc, trio.TooSlowError):
         return TimeoutError(f"no answer within {options.attempt_timeout:g}s")
@@ -89,6 +106,8 @@ class SinkWorker:
         *,
         names: Mapping[str, str] | None = None,
         origin: str = "",
+        concurrency: int = 1,
+        rate: float | None = None,
     ) -> None:
         self.name = name
         self.sink = sink
@@ -115,14 +134,72 @@ class SinkWorker:
         #: matters when a backlog drains (one write and fsync per batch for a file).
         self.batch_size = sink.max_batch or self.options.batch_size
         self.batches = sink.takes_batches
+        #: Sends at once (`concurrency`; 1 keeps the order) and their pace (`rate`).
+        self.concurrency = concurrency
+        self.pace = Pace(rate) if rate else None
+        self.in_flight = 0
+        #: When the sink was last enabled after being disabled: the time it waited disabled
+        #: does not count towards `give_up_after` (see `_gives_up`).
+        self._enabled_at: float | None = None
+        self.last_error: str | None = None
+        self.state_since = time.time()
+        self._published: tuple[Any, ...] | None = None
+        self._published_at = 0.0
+        #: The last outcomes queued without waiting (`record_soon`): committed before the
+        #: spool is asked what is due again, or it would offer them once more.
+        self._queued: trio.Event | None = None
 
-    def enable(self) -> None:
-        """Lift a `disabled` state (reload): what waited is tried at once."""
+    @property
+    def state(self) -> str:
+        """`ok`, `paused` (failing: retried after a pause) or `disabled` (endpoint gone)."""
         if self.disabled is not None:
-            log.info("sink %s: enabled again (was disabled: %s)", self.name, self.disabled)
+            return "disabled"
+        return "paused" if self.failures else "ok"
+
+    def status(self) -> dict[str, Any]:
+        """What /healthz and `voltd spool status` say about this sink."""
+        return {
+            "state": self.state,
+            "reason": self.disabled if self.disabled is not None else self.last_error,
+            "since": self.state_since,
+            "next_attempt": self.paused_until if self.failures else None,
+            "in_flight": self.in_flight,
+            "last_error": self.last_error,
+        }
+
+    def enable(self, why: str = "reload") -> None:
+        """Lift a `disabled` state (reload, `voltd spool retry`), or end a pause: what
+        waited is tried at once."""
+        if self.disabled is not None:
+            log.info(
+                "sink %s: enabled again by %s (was disabled: %s)", self.name, why, self.disabled
+            )
             self.disabled = None
-            self._fresh = True  # its first success makes everything waiting due now
-            self._enabled.set()
+            self._enabled_at = time.time()
+            self.state_since = self._enabled_at
+        self.paused_until = None
+        self._fresh = True  # its first success makes everything waiting due now
+        self._enabled.set()
+        self._publish(force=True)
+
+    def _publish(self, *, force: bool = False) -> None:
+        """Keep this sink's row in the spool's `sink_status` current for `voltd spool status`
+        (another process): at once on a change of state, else at most once a second."""
+        row = self.status()
+        key = (row["state"], row["reason"], row["next_attempt"], row["in_flight"])
+        now = time.monotonic()
+        if key == self._published or (not force and now - self._published_at < 1.0):
+            return
+        self._published, self._published_at = key, now
+        self.spool.record_soon((), status=(self.name, row))
+
+    async def _retry_requested(self) -> bool:
+        """Whether `voltd spool retry --sink` asked for this sink since its state began."""
+        try:
+            asked = await self.spool.retry_requested(self.name)
+        except SpoolError:
+            return False
+        return asked is not None and asked >= self.state_since
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """Deliver until stopped, touching the spool as little as possible: every spool call
@@ -130,19 +207,29 @@ class SinkWorker:
         task_status.started()
         opts = self.options
         next_retry = await self.spool.next_due_at(self.name)  # left pending by a restart
+        self._publish(force=True)
         while not self.stopping:
-            if self.disabled is not None:
+            if self.disabled is not None or (
+                self.paused_until is not None and time.time() < self.paused_until
+            ):
+                # Disabled until enabled; paused until the pause ends. Either way new events
+                # wait, and `voltd spool retry --sink` (another process) is noticed.
                 self._enabled = trio.Event()
-                await self._enabled.wait()
+                left = opts.idle_poll
+                if self.disabled is None and self.paused_until is not None:
+                    left = min(left, max(0.0, self.paused_until - time.time()))
+                with trio.move_on_after(left):
+                    await self._enabled.wait()
+                if not self._enabled.is_set() and await self._retry_requested():
+                    self.enable("voltd spool retry")
                 continue
             wake = self.spool.wakeup(self.name)
             now = time.time()
-            if self.paused_until is not None and now < self.paused_until:
-                with trio.move_on_after(self.paused_until - now):
-                    await wake.wait()  # new events wait; this only notices a stop sooner
-                continue
             if next_retry is not None and next_retry <= now:
                 next_retry = None  # the query below takes those
+            if self._queued is not None:
+                await self._queued.wait()
+                self._queued = None
             try:
                 due = await self.spool.due(self.name, now, self.batch_size)
                 if not due and self.failures:
@@ -154,7 +241,7 @@ class SinkWorker:
                 await trio.sleep(opts.idle_poll)
                 continue
             if due:
-                outcomes, failure = await self.attempt(due)
+                outcomes, failure = await self.attempt(due, record_early=True)
                 if not isinstance(failure, EndpointGone):  # that one has a line of its own
                     self._log(outcomes)
                 await self._record(outcomes, self._after(failure))
@@ -177,24 +264,60 @@ class SinkWorker:
             else:
                 next_retry = await self.spool.next_due_at(self.name)
 
-    async def attempt(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
+    async def attempt(
+        self, due: Sequence[Due], *, record_early: bool = False
+    ) -> tuple[list[Outcome], Exception | None]:
         """Deliver what is due; say what happened to each delivery, and the retryable error
-        that stopped the sink, if one did."""
+        that stopped the sink, if one did.
+
+        With `record_early`, each event a `send` confirmed is queued for the spool's next
+        commit at once and left out of the result: a crash then re-sends what was in flight,
+        not a whole batch. (A `send_batch` is one confirmation, recorded after it.)
+        """
         names = self.names
         for d in due:
             with_names(d.event, names)
+        self._publish()
         if not self.batches or len(due) == 1:
-            return await self._one_by_one(due)
+            return await self._one_by_one(due, record_early)
+        if self.pace is not None:
+            await self.pace.wait()
+        self.in_flight += len(due)
         try:
             with trio.fail_after(self.options.attempt_timeout):
                 await self.sink.send_batch([d.event for d in due])
         except PermanentError:
             # One undeliverable event must not take its neighbours down with it.
-            return await self._one_by_one(due)
+            return await self._one_by_one(due, record_early)
         except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
             exc = self._unexpected(_timeout_or(exc, self.options))
             return [self._failed(d, exc, permanent=False) for d in due], exc
+        finally:
+            self.in_flight -= len(due)
         return [self._delivered(d) for d in due], None
+
+    async def _send_one(self, d: Due, early: bool) -> tuple[Outcome | None, Exception | None]:
+        """One `send`, paced: its outcome (None when already queued for the spool), or the
+        retryable error that stops the sink."""
+        if self.pace is not None:
+            await self.pace.wait()
+        self.in_flight += 1
+        try:
+            with trio.fail_after(self.options.attempt_timeout):
+                await self.sink.send(d.event)
+        except PermanentError as exc:
+            return self._failed(d, exc, permanent=True), None
+        except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+            return None, self._unexpected(_timeout_or(exc, self.options))
+        finally:
+            self.in_flight -= 1
+        outcome = self._delivered(d)
+        if early:
+            queued = self.spool.record_soon([outcome])
+            if queued is not None:
+                self._queued = queued
+                return None, None
+        return outcome, None
 
     def _unexpected(self, exc: Exception) -> Exception:
         """A sink should raise SinkError subclasses; anything else is a plugin bug, retried
@@ -211,23 +334,38 @@ class SinkWorker:
             )
         return exc
 
-    async def _one_by_one(self, due: Sequence[Due]) -> tuple[list[Outcome], Exception | None]:
+    async def _one_by_one(
+        self, due: Sequence[Due], early: bool = False
+    ) -> tuple[list[Outcome], Exception | None]:
+        """`send` each event: in order, or `concurrency` at a time. The first retryable
+        failure stops new sends; what was not sent waits for the same backoff rather than
+        each running into the same wall."""
         out: list[Outcome] = []
-        for i, d in enumerate(due):
-            try:
-                with trio.fail_after(self.options.attempt_timeout):
-                    await self.sink.send(d.event)
-            except PermanentError as exc:
-                out.append(self._failed(d, exc, permanent=True))
-            except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
-                # The sink is failing: the rest of the batch waits for the same backoff
-                # rather than each running into the same wall.
-                exc = self._unexpected(_timeout_or(exc, self.options))
-                out.extend(self._failed(x, exc, permanent=False) for x in due[i:])
-                return out, exc
-            else:
-                out.append(self._delivered(d))
-        return out, None
+        failure: Exception | None = None
+        position = 0
+
+        async def lane() -> None:
+            nonlocal position, failure
+            while failure is None and position < len(due):
+                d = due[position]
+                position += 1
+                outcome, exc = await self._send_one(d, early)
+                if exc is not None:
+                    failure = failure or exc
+                    out.append(self._failed(d, exc, permanent=False))
+                elif outcome is not None:
+                    out.append(outcome)
+
+        lanes = min(self.concurrency, len(due))
+        if lanes <= 1:
+            await lane()
+        else:
+            async with trio.open_nursery() as nursery:
+                for _ in range(lanes):
+                    nursery.start_soon(lane)
+        if failure is not None:
+            out.extend(self._failed(d, failure, permanent=False) for d in due[position:])
+        return out, failure
 
     def _after(self, failure: Exception | None) -> SinkChange | None:
         """Pause a failing sink, or resume one that works again; the spool change to go with
@@ -235,19 +373,28 @@ class SinkWorker:
         now = time.time()
         if failure is None:
             recovered = self.failures > 0 or self._fresh
+            if self.failures:
+                self.state_since = now
             self.failures, self.paused_until, self._fresh = 0, None, False
             self._bug_reported = False
+            self._publish(force=recovered)
             return SinkChange(self.name, release=True) if recovered else None
+        self.last_error = _describe(failure)
         if isinstance(failure, EndpointGone):
             # Nothing expires while disabled: the events wait for the operator, however long.
-            self.disabled = _describe(failure)
+            self.disabled = self.last_error
+            self.state_since = now
             log.error(
                 "sink %s: disabled, its endpoint is gone (%s); its events wait in the spool "
-                "until a reload (SIGHUP)",
+                "until a reload (SIGHUP) or `voltd spool retry --sink %s`",
                 self.name,
                 self.disabled,
+                self.name,
             )
+            self._publish(force=True)
             return None
+        if not self.failures:
+            self.state_since = now
         self.failures += 1
         pause = min(self.policy.delay(self.failures), self.options.max_pause)
         asked = failure.retry_after if isinstance(failure, RetryableError) else None
@@ -255,11 +402,17 @@ class SinkWorker:
             # The other side said when: the whole sink waits, not each event on its own.
             pause = max(pause, min(asked, self.policy.max_delay))
         self.paused_until = now + pause
+        self._publish(force=True)
         return SinkChange(
             self.name,
-            expire_before=now - self.policy.give_up_after,
+            expire_before=now - self.policy.give_up_after if self._gives_up(now) else None,
             error=f"gave up after {self.policy.give_up_after:g}s; last error {_describe(failure)}",
         )
+
+    def _gives_up(self, now: float) -> bool:
+        """Whether waiting events may become dead letters now: not within `give_up_after` of
+        the sink being enabled after it was disabled (an operator's repair gets a full try)."""
+        return self._enabled_at is None or now - self._enabled_at >= self.policy.give_up_after
 
     def _delivered(self, d: Due) -> Outcome:
         return Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1)
@@ -271,7 +424,7 @@ class SinkWorker:
         err = _describe(exc)
         if isinstance(exc, EndpointGone):  # waits, due again when the sink is enabled
             return Outcome(self.name, seq, State.PENDING, attempts, now, err)
-        if permanent or now - d.received_at >= self.policy.give_up_after:
+        if permanent or (now - d.received_at >= self.policy.give_up_after and self._gives_up(now)):
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
         return Outcome(
             self.name, seq, State.PENDING, attempts, now + self.policy.delay(attempts), err

@@ -44,7 +44,7 @@ class Event:
     fields Volt documents, as strings (None when absent, null, or not a scalar).
     """
 
-    __slots__ = ("_digest", "_doc", "_id", "_names", "_raw", "_seq", "_view")
+    __slots__ = ("_digest", "_doc", "_id", "_names", "_raw", "_seq", "_signature", "_view")
 
     def __init__(
         self,
@@ -54,9 +54,11 @@ class Event:
         doc: dict[str, Any] | None = None,
         seq: int | None = None,
         names: Mapping[str, str] | None = None,
+        signature: str | None = None,
     ) -> None:
         self._id = id
         self._raw = raw
+        self._signature = signature
         self._doc = doc  # parsed on first use: a file sink with a fixed path never needs it
         self._seq = seq
         self._names: Mapping[str, str] = names if names is not None else {}
@@ -75,6 +77,12 @@ class Event:
     def raw(self) -> bytes:
         """The request body exactly as Volt sent (and signed) it."""
         return self._raw
+
+    @property
+    def volt_signature(self) -> str | None:
+        """Volt's signature header as it came with `raw` (it verified), to pass on so that a
+        receiver can check Volt itself; None for events stored before voltd kept it."""
+        return self._signature
 
     @property
     def seq(self) -> int | None:
@@ -266,7 +274,7 @@ def safe_component(value: str | None) -> str:
     return cleaned
 
 
-def parse(raw: bytes) -> Event | Probe:
+def parse(raw: bytes, signature: str | None = None) -> Event | Probe:
     """Parse a (verified or probe) body into an Event, or a Probe for non-messaging types.
 
     Raises EnvelopeError with a short reason when the body is not an envelope at all.
@@ -299,7 +307,7 @@ def parse(raw: bytes) -> Event | Probe:
     t = doc.get("time")
     if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
         raise EnvelopeError("envelope 'time' must be a number of seconds")
-    return Event(eid, raw, doc=doc)
+    return Event(eid, raw, doc=doc, signature=signature)
 
 
 def _has_surrogate(text: str) -> bool:
@@ -310,9 +318,9 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
-def from_spool(seq: int, eid: str, raw: bytes) -> Event:
+def from_spool(seq: int, eid: str, raw: bytes, signature: str | None = None) -> Event:
     """Rebuild an Event from what the spool stored (already validated at ingest)."""
-    return Event(eid, raw, seq=seq)
+    return Event(eid, raw, seq=seq, signature=signature)
 
 
 def with_names(event: Event, names: Mapping[str, str]) -> Event:

@@ -330,6 +330,12 @@ def build_sinks(config: Config, registry: Registry) -> dict[str, Sink]:
         except pydantic.ValidationError as exc:
             problems.extend(validation_problems(src, key, exc, model=info.cls.Options))
             continue
+        if sc.delivery.concurrency > 1 and not getattr(info.cls, "allows_concurrency", False):
+            problems.append(
+                f"{src}: {key}.concurrency: sink type {sc.type!r} sends one event at a time "
+                "(it keeps their order); expected 1"
+            )
+            continue
         context = SinkContext(name, config.source.parent, names, SinkState(name))
         try:
             built = info.cls(options, context)

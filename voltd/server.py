@@ -125,7 +125,7 @@ class Ingest:
         if not settings.verifier.verify(body, signature):
             return self._reject(401, "signature", "signature does not verify")
         try:
-            parsed = events_mod.parse(body)
+            parsed = events_mod.parse(body, signature)
         except events_mod.EnvelopeError as exc:
             return self._reject(400, "malformed", str(exc))
         if isinstance(parsed, events_mod.Probe):
@@ -170,7 +170,12 @@ def make_webhook_app(ingest: Ingest, path: str, max_body_bytes: int) -> QuartTri
     return app
 
 
-def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) -> QuartTrio:
+def make_admin_app(
+    spool: Spool,
+    ingest: Ingest,
+    serving: Callable[[], bool],
+    sinks: Callable[[], dict[str, Any]] = dict,
+) -> QuartTrio:
     app = QuartTrio("voltd-admin")
 
     async def healthz() -> Response:
@@ -182,7 +187,14 @@ def make_admin_app(spool: Spool, ingest: Ingest, serving: Callable[[], bool]) ->
                 await spool.check_writable()
         except (SpoolError, trio.TooSlowError) as exc:
             problems.append(f"spool: {exc or 'commit took longer than 5s'}")
-        body = {"ok": not problems, "problems": problems, "counters": dict(ingest.counters)}
+        # A paused or disabled sink is reported, not a failed check: ingest still works, and a
+        # load balancer must keep sending Volt's requests here.
+        body = {
+            "ok": not problems,
+            "problems": problems,
+            "counters": dict(ingest.counters),
+            "sinks": sinks(),
+        }
         return Response(
             json.dumps(body).encode(), status=503 if problems else 200, content_type=JSON
         )

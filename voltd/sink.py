@@ -111,6 +111,8 @@ class Sink(abc.ABC):
       When it raises `PermanentError`, voltd retries those events one by one with `send`, so
       one bad event cannot dead-letter its neighbours.
     - `max_batch`: the most events one `send_batch` call gets.
+    - `allows_concurrency`, `default_rate`: what the `concurrency` and `rate` delivery
+      settings may be, and the rate without one.
     - `async aclose()`: release what `__init__` opened. It runs at shutdown and when a reload
       replaces the sink; it is given a few seconds, and a failure is logged, never fatal.
 
@@ -123,6 +125,11 @@ class Sink(abc.ABC):
     #: The most events one `send_batch` gets (a sink whose cost is per call wants more);
     #: None: voltd's default (256).
     max_batch: int | None = None
+    #: Whether several `send` calls may run at once (the `concurrency` delivery setting).
+    #: Leave False when the sink keeps order or state between calls (a file, a digest).
+    allows_concurrency: ClassVar[bool] = False
+    #: The `rate` used when the config sets none, e.g. "1/s" for a chat webhook.
+    default_rate: ClassVar[str | None] = None
 
     def __init__(self, options: Any, context: SinkContext) -> None:
         self.options = options

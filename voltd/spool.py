@@ -20,7 +20,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -66,14 +66,29 @@ _BASE = (
 
 #: version -> the statements that turn the previous version into it.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # The plugin SDK's per-sink key-value state (voltd.state).
     2: (
+        # The plugin SDK's per-sink key-value state (voltd.state).
         """CREATE TABLE sink_state (
             sink TEXT NOT NULL,
             key TEXT NOT NULL,
             value TEXT NOT NULL,
             updated_at REAL NOT NULL,
             PRIMARY KEY (sink, key)
+        ) WITHOUT ROWID""",
+        # Volt's signature header, for relays that pass it on (NULL for older events).
+        "ALTER TABLE events ADD COLUMN signature TEXT",
+        # What each sink's worker is doing, for `voltd spool status` from another process,
+        # and `retry_requested`, set by `voltd spool retry --sink` to enable it again.
+        """CREATE TABLE sink_status (
+            sink TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            reason TEXT,
+            since REAL NOT NULL,
+            next_attempt REAL,
+            last_error TEXT,
+            in_flight INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL,
+            retry_requested REAL
         ) WITHOUT ROWID""",
     ),
 }
@@ -151,6 +166,8 @@ class _Record:
     change: SinkChange | None = None
     #: (sink, key, value) writes of sink state (voltd.state); value None deletes.
     state: Sequence[tuple[str, str, str | None]] = ()
+    #: (sink, what its worker is doing) for the `sink_status` table.
+    status: tuple[str, Mapping[str, Any]] | None = None
     done: trio.Event = field(default_factory=trio.Event)
     error: SpoolError | None = None
     expired: int = 0
@@ -264,6 +281,8 @@ class SpoolDB:
             for rec in records:
                 if rec.state:
                     self._put_state(rec.state, now)
+                if rec.status is not None:
+                    self._put_status(*rec.status, now)
                 self._record(rec.outcomes, now)
                 if rec.change is not None:
                     rec.expired = self._change(rec.change, now)
@@ -284,10 +303,11 @@ class SpoolDB:
         results: list[Stored] = []
         rows: list[tuple[int, str, float, float]] = []
         for item in ingests:
+            event = item.event
             cur = insert(
-                "INSERT OR IGNORE INTO events (envelope_id, digest, received_at, body)"
-                " VALUES (?, ?, ?, ?)",
-                (item.event.id, item.event.digest, now, item.event.raw),
+                "INSERT OR IGNORE INTO events (envelope_id, digest, received_at, body, signature)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (event.id, event.digest, now, event.raw, event.volt_signature),
             )
             if cur.rowcount == 0:
                 results.append(Stored(seq=None, duplicate=True))
@@ -321,6 +341,88 @@ class SpoolDB:
                     " VALUES (?, ?, ?, ?)",
                     (sink, key, value, now),
                 )
+
+    def _put_status(self, sink: str, s: Mapping[str, Any], now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO sink_status (sink, state, reason, since, next_attempt, last_error,"
+            " in_flight, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (sink) DO UPDATE SET state = excluded.state, reason = excluded.reason,"
+            " since = excluded.since, next_attempt = excluded.next_attempt,"
+            " last_error = excluded.last_error, in_flight = excluded.in_flight,"
+            " updated_at = excluded.updated_at",
+            (
+                sink,
+                s["state"],
+                s["reason"],
+                s["since"],
+                s["next_attempt"],
+                s["last_error"],
+                s["in_flight"],
+                now,
+            ),
+        )
+
+    def request_retry(self, sink: str) -> int:
+        """`voltd spool retry --sink`: ask the daemon to enable the sink (it polls), and make
+        its waiting deliveries due now. Returns how many are waiting."""
+        now = time.time()
+        with self._transaction("retry failed") as c:
+            c.execute(
+                "INSERT INTO sink_status (sink, state, since, updated_at, retry_requested)"
+                " VALUES (?, 'ok', ?, ?, ?)"
+                " ON CONFLICT (sink) DO UPDATE SET retry_requested = excluded.retry_requested",
+                (sink, now, now, now),
+            )
+            return c.execute(
+                "UPDATE deliveries SET next_at = ? WHERE sink = ? AND state = 0", (now, sink)
+            ).rowcount
+
+    def retry_requested(self, sink: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT retry_requested FROM sink_status WHERE sink = ?", (sink,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def report(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Per sink, for `voltd spool status`: pending, retrying (tried and failed, waiting)
+        with the next retry, dead, delivered in the last hour, the oldest pending event's age
+        and the last error recorded, plus what its worker last said (`sink_status`)."""
+        now = time.time() if now is None else now
+        out: dict[str, dict[str, Any]] = {}
+        rows = self.conn.execute(
+            "SELECT d.sink, SUM(d.state = 0), SUM(d.state = 0 AND d.attempts > 0),"
+            " MIN(CASE WHEN d.state = 0 AND d.attempts > 0 THEN d.next_at END), SUM(d.state = 2),"
+            " SUM(d.state = 1 AND d.updated_at >= ?),"
+            " MIN(CASE WHEN d.state = 0 THEN e.received_at END)"
+            " FROM deliveries d JOIN events e ON e.seq = d.event_seq GROUP BY d.sink",
+            (now - 3600,),
+        )
+        for sink, pending, retrying, next_retry, dead, recent, oldest in rows:
+            last = self.conn.execute(
+                "SELECT last_error FROM deliveries WHERE sink = ? AND last_error IS NOT NULL"
+                " ORDER BY updated_at DESC LIMIT 1",
+                (sink,),
+            ).fetchone()
+            out[sink] = {
+                "pending": pending,
+                "retrying": retrying,
+                "next_retry": next_retry,
+                "dead": dead,
+                "delivered_last_hour": recent,
+                "oldest_pending_age": now - oldest if oldest is not None else None,
+                "last_error": last[0] if last else None,
+            }
+        for sink, worker in self.sink_status().items():
+            out.setdefault(sink, empty_report())["worker"] = worker
+        return out
+
+    def sink_status(self) -> dict[str, dict[str, Any]]:
+        """What each sink's worker last said it was doing (`sink_status`), by sink."""
+        if self.version < 2:  # a spool not migrated yet (opened read-only)
+            return {}
+        keys = ("state", "reason", "since", "next_attempt", "last_error", "in_flight", "updated_at")
+        rows = self.conn.execute(f"SELECT sink, {', '.join(keys)} FROM sink_status")
+        return {row[0]: dict(zip(keys, row[1:], strict=True)) for row in rows}
 
     def get_state(self, sink: str, key: str) -> str | None:
         row = self.conn.execute(
@@ -388,15 +490,15 @@ class SpoolDB:
 
     def due(self, sink: str, now: float, limit: int) -> list[Due]:
         rows = self.conn.execute(
-            "SELECT d.event_seq, d.attempts, e.envelope_id, e.body, e.received_at"
+            "SELECT d.event_seq, d.attempts, e.envelope_id, e.body, e.received_at, e.signature"
             " FROM deliveries d JOIN events e ON e.seq = d.event_seq"
             " WHERE d.sink = ? AND d.state = 0 AND d.next_at <= ?"
             " ORDER BY d.next_at, d.event_seq LIMIT ?",
             (sink, now, limit),
         ).fetchall()
         out = []
-        for seq, attempts, eid, body, received_at in rows:
-            out.append(Due(from_spool(seq, eid, bytes(body)), attempts, received_at))
+        for seq, attempts, eid, body, received_at, signature in rows:
+            out.append(Due(from_spool(seq, eid, bytes(body), signature), attempts, received_at))
         return out
 
     def next_due_at(self, sink: str) -> float | None:
@@ -430,6 +532,19 @@ class SpoolDB:
         args.append(limit)
         keys = ("sink", "seq", "id", "attempts", "failed_at", "error")
         return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, args)]
+
+
+def empty_report() -> dict[str, Any]:
+    """`SpoolDB.report` for a sink with no deliveries yet."""
+    return {
+        "pending": 0,
+        "retrying": 0,
+        "next_retry": None,
+        "dead": 0,
+        "delivered_last_hour": 0,
+        "oldest_pending_age": None,
+        "last_error": None,
+    }
 
 
 class _ProcessLock:
@@ -504,6 +619,23 @@ class Spool:
         assert item.result is not None
         return item.result
 
+    def record_soon(
+        self,
+        outcomes: Sequence[Outcome],
+        status: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> trio.Event | None:
+        """Queue outcomes (and a sink's status) for the next group commit without waiting for
+        it: the event is set once committed (or failed); None when the queue is full (then
+        record them with `record`). A confirmed delivery queued here is on disk within a
+        commit, so a crash re-sends little; should that commit fail, the delivery is simply
+        made again (at least once)."""
+        rec = _Record(outcomes, status=status)
+        try:
+            self._send.send_nowait(rec)
+        except trio.WouldBlock:
+            return None
+        return rec.done
+
     async def record(
         self,
         outcomes: Sequence[Outcome],
@@ -521,6 +653,13 @@ class Spool:
         if rec.error is not None:
             raise rec.error
         return rec.expired
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed (or has failed): the writer takes
+        its queue in order."""
+        rec = _Record(())
+        await self._send.send(rec)
+        await rec.done.wait()
 
     async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """The one task that writes: drains everything queued, commits it as one batch."""
@@ -585,6 +724,9 @@ class Spool:
         return await trio.to_thread.run_sync(self._rdb.status, limiter=self._rlimit)
 
     # -- sink state (voltd.state.StateBackend) ------------------------------------------
+
+    async def retry_requested(self, sink: str) -> float | None:
+        return await trio.to_thread.run_sync(self._rdb.retry_requested, sink, limiter=self._rlimit)
 
     async def state_get(self, sink: str, key: str) -> str | None:
         return await trio.to_thread.run_sync(self._rdb.get_state, sink, key, limiter=self._rlimit)

@@ -242,6 +242,7 @@ async def deliver(
                         if settled or worker.failures or worker.disabled:
                             break
                 worker.stopping = True
+                await spool.flush()  # what the worker queued, committed
                 nursery.cancel_scope.cancel()
             rows = spool._rdb.conn.execute(
                 "SELECT event_seq, state, last_error FROM deliveries WHERE sink = ?"

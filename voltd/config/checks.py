@@ -13,7 +13,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Final
 
-from voltd.config.errors import Loc, _Invalid, _short_repr, one_line
+from voltd.config.errors import Loc, _Invalid, _short_repr, format_key_path, one_line
 from voltd.config.paths import _absolute, _path_note, _readable
 from voltd.config.secrets import _HIDDEN, _from_secret
 from voltd.config.values import _bind, _or_none, _positive_duration
@@ -45,6 +45,7 @@ def _cross_checks(
         *_tls_checks(server, base, secrets),
         *_bind_checks(server, admin, secrets),
         *_retry_checks(retry, secrets),
+        *_sink_retry_checks(_table(data, "sinks"), retry, secrets),
         *_route_name_checks(routes if isinstance(routes, list) else [], secrets),
     ]
 
@@ -102,22 +103,56 @@ def _bind_checks(
     return [(("admin", "bind"), why, ("admin", "bind"))]
 
 
-def _retry_checks(retry: dict[str, Any], secrets: Collection[str]) -> list[tuple[Loc, str, Loc]]:
-    """The first retry delay cannot be longer than the longest one."""
+def _retry_checks(
+    retry: dict[str, Any],
+    secrets: Collection[str],
+    base: dict[str, Any] | None = None,
+    at: Loc = ("retry",),
+) -> list[tuple[Loc, str, Loc]]:
+    """The first retry delay cannot be longer than the longest one. For a sink's own `retry`
+    table (`at`), what it leaves out comes from `[retry]` (`base`)."""
     shown: list[str] = []
     seconds: list[float] = []
     for key, default in (("initial", RETRY_INITIAL), ("max_delay", RETRY_MAX_DELAY)):
-        given = _or_none(_positive_duration, retry.get(key, default))
-        seconds.append(given or default)
-        hidden = given is not None and _from_secret(retry.get(key), secrets)
-        shown.append(_HIDDEN if hidden else f"{seconds[-1]:g}s")
+        if base is not None and key not in retry:
+            inherited = _retry_checks_value(base, key, default, secrets)
+            seconds.append(inherited[0])
+            shown.append(inherited[1] + " from [retry]")
+            continue
+        value, text = _retry_checks_value(retry, key, default, secrets)
+        seconds.append(value)
+        shown.append(text)
     if seconds[0] <= seconds[1]:
         return []
+    where = format_key_path(at)
     why = (
-        f"the first retry delay ({shown[0]}) is longer than retry.max_delay ({shown[1]}); "
+        f"the first retry delay ({shown[0]}) is longer than {where}.max_delay ({shown[1]}); "
         "expected initial <= max_delay"
     )
-    return [(("retry", "initial"), why, ("retry", "give_up_after", 0))]
+    return [((*at, "initial"), why, (*at, "give_up_after", 0))]
+
+
+def _retry_checks_value(
+    table: dict[str, Any], key: str, default: float, secrets: Collection[str]
+) -> tuple[float, str]:
+    """A retry duration as the checks take it (a wrong one counts as the default), and how
+    a message may show it."""
+    given = _or_none(_positive_duration, table.get(key, default))
+    hidden = given is not None and _from_secret(table.get(key), secrets)
+    value = given or default
+    return value, _HIDDEN if hidden else f"{value:g}s"
+
+
+def _sink_retry_checks(
+    sinks: dict[str, Any], retry: dict[str, Any], secrets: Collection[str]
+) -> list[tuple[Loc, str, Loc]]:
+    """`_retry_checks` for each sink's own `retry` table, over `[retry]`."""
+    out: list[tuple[Loc, str, Loc]] = []
+    for name, table in sinks.items():
+        own = table.get("retry") if isinstance(table, dict) else None
+        if isinstance(own, dict):
+            out += _retry_checks(own, secrets, base=retry, at=("sinks", name, "retry"))
+    return out
 
 
 def _route_name_checks(routes: list[Any], secrets: Collection[str]) -> list[tuple[Loc, str, Loc]]:

@@ -28,7 +28,16 @@ from voltd.config.errors import (
     _unwrap_models,
     format_key_path,
 )
-from voltd.config.model import Config, MatchSpec, RouteConfig, SinkConfig, _File, _Match, _Sink
+from voltd.config.model import (
+    Config,
+    MatchSpec,
+    RouteConfig,
+    SinkConfig,
+    SinkDelivery,
+    _File,
+    _Match,
+    _Sink,
+)
 from voltd.config.secrets import _HIDDEN, _Secrets
 from voltd.config.values import _or_none, normalize_number
 
@@ -152,7 +161,12 @@ def _check(data: dict[str, Any], source: Path, source_name: str) -> Config:
         retry=f.retry,
         numbers=f.numbers,
         routes=routes,
-        sinks={name: SinkConfig(s.type, dict(s.model_extra or {})) for name, s in f.sinks.items()},
+        sinks={
+            name: SinkConfig(
+                s.type, dict(s.model_extra or {}), SinkDelivery(s.concurrency, s.rate, s.retry)
+            )
+            for name, s in f.sinks.items()
+        },
         defaults=f.defaults,
         plugin_dirs=f.plugin_dirs,
         secret_keys=frozenset(secrets.paths),

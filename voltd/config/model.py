@@ -32,6 +32,7 @@ from voltd.config.paths import _absolute, _path_note
 from voltd.config.secrets import _HIDDEN
 from voltd.config.values import (
     BindAddress,
+    Rate,
     _bind,
     _number_glob,
     _positive_duration,
@@ -42,6 +43,7 @@ from voltd.defaults import (
     ADMIN_BIND,
     ANSWER_PROBES,
     MAX_BODY_BYTES,
+    MAX_CONCURRENCY,
     RETENTION,
     RETRY_GIVE_UP_AFTER,
     RETRY_INITIAL,
@@ -93,10 +95,23 @@ class RouteConfig:
 
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
-    """A `[sinks.NAME]` table: its type, and everything else for the sink type to validate."""
+    """A `[sinks.NAME]` table: its type, voltd's delivery settings, and everything else for
+    the sink type to validate."""
 
     type: str
     options: dict[str, Any]
+    delivery: SinkDelivery = field(default_factory=lambda: SinkDelivery())
+
+
+@dataclass(frozen=True, slots=True)
+class SinkDelivery:
+    """The delivery settings any sink table may hold, applied by voltd, never seen by the
+    plugin: `concurrency`, `rate` (None: the sink type's default) and `retry` (the keys given
+    override `[retry]`)."""
+
+    concurrency: int = 1
+    rate: Rate | None = None
+    retry: SinkRetryConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +444,36 @@ class RetryConfig(_Table):
     give_up_after: _PositiveDuration = RETRY_GIVE_UP_AFTER
 
 
+class SinkRetryConfig(_Table):
+    """A sink's own `retry` table: each key given overrides the one in `[retry]`."""
+
+    initial: _PositiveDuration | None = None
+    max_delay: _PositiveDuration | None = None
+    give_up_after: _PositiveDuration | None = None
+
+    def over(self, base: RetryConfig) -> RetryConfig:
+        given = {k: v for k, v in self.model_dump().items() if v is not None}
+        return base.model_copy(update=given)
+
+
+def _rate(value: Any) -> Rate:
+    try:
+        return Rate.parse(value)
+    except ValueError as e:
+        raise _Invalid(str(e)) from None
+
+
+_Rate = Annotated[InstanceOf[Rate], BeforeValidator(_rate)]
+_Concurrency = Annotated[
+    int,
+    _when(
+        lambda v: type(v) is int and 1 <= v <= MAX_CONCURRENCY,
+        f"expected a whole number from 1 to {MAX_CONCURRENCY}",
+        text=False,
+    ),
+]
+
+
 class DefaultsConfig(_Table):
     unmatched: _SinkName | None = None
 
@@ -491,6 +536,10 @@ class _Sink(_Table):
     model_config = pydantic.ConfigDict(extra="allow")
     _expected: ClassVar[str] = "expected a table [{path}]"
     type: Annotated[str, BeforeValidator(_text)]
+    # Delivery settings (SinkDelivery): voltd's, so a plugin's options cannot use these names.
+    concurrency: _Concurrency = 1
+    rate: _Rate | None = None
+    retry: SinkRetryConfig | None = None
 
 
 class _File(_Table):

@@ -203,3 +203,37 @@ def _or_none(parse: Callable[[Any], _T], value: Any) -> _T | None:
         return parse(value)
     except ValueError:
         return None
+
+
+RATE_EXPECTED: Final = (
+    'expected a rate like "50/s", "30/m" or "100/h" (calls per second, minute or hour)'
+)
+_RATE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|m|h)\s*")
+_RATE_PERIOD: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """How many sink calls per period: `rate = "30/m"`."""
+
+    count: float
+    period: float  # seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.period
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "m", 3600.0: "h"}[self.period]
+        return f"{self.count:g}/{unit}"
+
+    @classmethod
+    def parse(cls, text: Any) -> Rate:
+        """`"50/s"`, `"30/m"`, `"100/h"`; ValueError says what was expected."""
+        m = _RATE.fullmatch(text) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(RATE_EXPECTED)
+        count = float(m.group(1))
+        if not (0 < count <= 1_000_000):
+            raise ValueError(RATE_EXPECTED + ", with a count above 0")
+        return cls(count, _RATE_PERIOD[m.group(2)])
