@@ -152,6 +152,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         out.append(line)
     out.append(f"  unmatched -> {config.defaults.unmatched or '(stored, not delivered)'}")
     out.append("sinks:")
+    from voltd.daemon import retry_policy, sink_rate
+
     for name, sc in config.sinks.items():
         origin = registry.sink_types[sc.type].origin
         try:
@@ -159,6 +161,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ValueError:  # an integer too long to write out (over 4300 digits)
             opts = "(options too large to show)"
         out.append(f"  {one_line(name)}: {sc.type} ({origin}) {opts}")
+        rate = sink_rate(config, name, plan.sinks[name])
+        p = retry_policy(config, name)
+        out.append(
+            f"    delivery: concurrency {sc.delivery.concurrency}, "
+            f"rate {f'{rate:g}/s' if rate else 'unlimited'}; retry {_fmt_duration(p.initial)} "
+            f"doubling to {_fmt_duration(p.max_delay)}, dead letter after "
+            f"{_fmt_duration(p.give_up_after)}"
+        )
     print("\n".join(out))
     if registry.problems:
         # DESIGN §6: a broken plugin fails `check` even when no configured sink uses it yet.

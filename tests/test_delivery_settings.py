@@ -1,0 +1,245 @@
+"""The delivery settings any sink accepts (`concurrency`, `rate`, `retry`; DESIGN §6), and the
+sink states an operator sees (ok / paused / disabled) — in the config, a real spool and the
+real worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import voltd
+import voltd.testing as vt
+from tests.helpers import session_material
+from voltd.config import ConfigError, load
+from voltd.daemon import retry_policy, sink_rate
+from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
+from voltd.spool import Spool, SpoolDB
+
+FAST = DeliveryOptions(linger=0.0, idle_poll=0.1, attempt_timeout=5)
+
+
+def config_with(tmp_path: Path, sink_table: str, retry: str = "") -> Path:
+    keys = session_material() / "keys" / "volt_id_rsa.pub"
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[verify]\npublic_keys = ["{keys}"]\n{retry}\n'
+        f'[[routes]]\nsinks = ["s"]\n\n[sinks.s]\ntype = "file"\npath = "x.jsonl"\n{sink_table}\n'
+    )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The config: read by voltd, never seen by the plugin, every mistake named
+
+
+def test_delivery_settings_are_read_by_voltd_not_the_plugin(tmp_path: Path) -> None:
+    config = load(
+        config_with(
+            tmp_path,
+            'rate = "30/m"\nretry = { initial = "1s", give_up_after = "2h" }',
+            retry='[retry]\ninitial = "5s"\nmax_delay = "10m"\n',
+        )
+    )
+    sink = config.sinks["s"]
+    assert sink.options == {"path": "x.jsonl"}  # the file sink's Options never see them
+    assert sink.delivery.concurrency == 1
+    assert sink.delivery.rate is not None and str(sink.delivery.rate) == "30/m"
+    policy = retry_policy(config, "s")
+    assert (policy.initial, policy.max_delay, policy.give_up_after) == (1.0, 600.0, 7200.0)
+    assert retry_policy(config) == RetryPolicy(5.0, 600.0, 86400.0)
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("concurrency = 0", "sinks.s.concurrency: expected a whole number from 1 to 256, got"),
+        ("concurrency = 1.5", "sinks.s.concurrency: expected a whole number from 1 to 256"),
+        ('rate = "fast"', 'sinks.s.rate: expected a rate like "50/s", "30/m" or "100/h"'),
+        ('rate = "0/s"', "sinks.s.rate: expected a rate"),
+        ('retry = { initial = "soon" }', "sinks.s.retry.initial: expected a duration"),
+        ('retry = { every = "1s" }', "sinks.s.retry.every: unknown key (expected one of:"),
+        (
+            'retry = { initial = "2h" }',
+            "sinks.s.retry.initial: the first retry delay (7200s) is longer than "
+            "sinks.s.retry.max_delay (3600s from [retry]); expected initial <= max_delay",
+        ),
+    ],
+)
+def test_a_wrong_delivery_setting_is_named(tmp_path: Path, table: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load(config_with(tmp_path, table))
+    assert expected in str(error.value)
+
+
+def test_concurrency_is_refused_for_a_sink_that_keeps_order(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        vt.build_sink("file", {"path": "x.jsonl", "concurrency": 4}, config_dir=tmp_path)
+    assert "sinks.test.concurrency: sink type 'file' sends one event at a time" in str(error.value)
+
+
+class Concurrent(voltd.Sink):
+    """Counts how many sends overlap; each takes `delay`."""
+
+    allows_concurrency = True
+    default_rate = "1000/s"
+
+    def __init__(self, options: Any, context: voltd.SinkContext) -> None:
+        super().__init__(options, context)
+        self.delay = 0.05
+        self.now = 0
+        self.most = 0
+        self.at: list[float] = []
+        self.order: list[str] = []
+
+    async def send(self, event: voltd.Event) -> None:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        self.at.append(trio.current_time())
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.now -= 1
+        self.order.append(event.text or "")
+
+
+def test_rate_defaults_to_the_sink_types_and_the_config_overrides(tmp_path: Path) -> None:
+    config = load(config_with(tmp_path, ""))
+    sink = vt.build_sink(Concurrent)
+    assert sink_rate(config, "s", sink) == 1000.0
+    config = load(config_with(tmp_path, 'rate = "2/s"'))
+    assert sink_rate(config, "s", sink) == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# The worker
+
+
+async def run_worker(tmp_path: Path, sink: voltd.Sink, n: int, **settings: Any) -> SinkWorker:
+    events = [vt.make_event(text=str(i)) for i in range(n)]
+    db = SpoolDB(tmp_path / "spool.db")
+    db.insert([(e, ["s"]) for e in events])
+    db.close()
+    spool = Spool(tmp_path / "spool.db")
+    worker = SinkWorker("s", sink, spool, RetryPolicy(0.05, 0.2, 60), FAST, **settings)
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            await nursery.start(run_workers, {"s": worker}, stop, 1.0)
+            with trio.fail_after(20):
+                while (await spool.status())["s"]["delivered"] < n:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            stop.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+    return worker
+
+
+async def test_concurrency_overlaps_sends_up_to_the_setting(tmp_path: Path) -> None:
+    sink = vt.build_sink(Concurrent)
+    assert isinstance(sink, Concurrent)
+    await run_worker(tmp_path, sink, 40, concurrency=8)
+    assert sink.most == 8
+
+
+async def test_concurrency_1_keeps_the_order(tmp_path: Path) -> None:
+    sink = vt.build_sink(Concurrent)
+    assert isinstance(sink, Concurrent)
+    sink.delay = 0.0
+    await run_worker(tmp_path, sink, 30)
+    assert sink.most == 1 and sink.order == [str(i) for i in range(30)]
+
+
+async def test_rate_spaces_the_calls_even_with_concurrency(tmp_path: Path) -> None:
+    sink = vt.build_sink(Concurrent)
+    assert isinstance(sink, Concurrent)
+    sink.delay = 0.0
+    await run_worker(tmp_path, sink, 11, concurrency=4, rate=20.0)
+    gaps = [b - a for a, b in zip(sink.at, sink.at[1:], strict=False)]
+    assert min(gaps) >= 0.045  # 20/s: 50 ms apart, never a burst
+    assert sink.at[-1] - sink.at[0] >= 0.45
+
+
+class GoneUntilFixed(voltd.Sink):
+    def __init__(self, options: Any, context: voltd.SinkContext) -> None:
+        super().__init__(options, context)
+        self.fixed = False
+        self.calls = 0
+
+    async def send(self, event: voltd.Event) -> None:
+        self.calls += 1
+        if not self.fixed:
+            raise voltd.EndpointGone("HTTP 410 Gone")
+
+
+async def test_disabled_is_in_the_spool_and_spool_retry_enables_it(tmp_path: Path) -> None:
+    sink = vt.build_sink(GoneUntilFixed)
+    assert isinstance(sink, GoneUntilFixed)
+    db = SpoolDB(tmp_path / "spool.db")
+    db.insert([(vt.make_event(), ["s"]) for _ in range(5)])
+    spool = Spool(tmp_path / "spool.db")
+    policy = RetryPolicy(0.05, 0.2, give_up_after=0.5)  # would expire them, if time counted
+    worker = SinkWorker("s", sink, spool, policy, FAST)
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            await nursery.start(run_workers, {"s": worker}, stop, 1.0)
+            with trio.fail_after(5):
+                while db.sink_status().get("s", {}).get("state") != "disabled":  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            status = db.sink_status()["s"]
+            assert status["reason"] == "EndpointGone: HTTP 410 Gone"
+            await trio.sleep(1.0)  # past give_up_after: nothing expires while disabled
+            assert sink.calls == 1 and db.status()["s"]["dead"] == 0
+            sink.fixed = True
+            assert db.request_retry("s") == 5  # what `voltd spool retry --sink s` does
+            with trio.fail_after(5):
+                while db.status()["s"]["delivered"] < 5:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            assert worker.state == "ok"
+            stop.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+        db.close()
+
+
+class FailsAfterEnable(voltd.Sink):
+    async def send(self, event: voltd.Event) -> None:
+        raise voltd.RetryableError("still down")
+
+
+async def test_after_an_enable_waiting_events_get_a_full_give_up_after(tmp_path: Path) -> None:
+    """Events that waited while the sink was disabled are older than give_up_after, but the
+    repaired sink gets that long again before they become dead letters."""
+    db = SpoolDB(tmp_path / "spool.db")
+    db.insert([(vt.make_event(), ["s"]) for _ in range(3)])
+    db.conn.execute("UPDATE events SET received_at = received_at - 3600")
+    spool = Spool(tmp_path / "spool.db")
+    worker = SinkWorker(
+        "s", vt.build_sink(FailsAfterEnable), spool, RetryPolicy(0.05, 0.1, 0.6), FAST
+    )
+    worker.disabled = "EndpointGone: earlier"
+    worker.enable("test")
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            await nursery.start(run_workers, {"s": worker}, stop, 1.0)
+            await trio.sleep(0.3)
+            assert db.status()["s"]["dead"] == 0  # within give_up_after of the enable
+            with trio.fail_after(5):
+                while db.status()["s"]["dead"] < 3:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert time.time() - (worker._enabled_at or 0) >= 0.6
+            stop.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+        db.close()
