@@ -649,3 +649,20 @@ async def test_write_failure_is_retryable(tmp_path: Path, public_key: Path, temp
     await sink.send(ev)
     [written] = files_under(blocker)
     assert written.read_bytes() == as_json_line(ev.raw) + b"\n"
+
+
+async def test_after_a_restart_a_batch_already_in_the_file_is_not_written_twice(
+    tmp_path: Path, public_key: Path
+) -> None:
+    """A crash between the write and the spool's record re-sends the batch after a restart:
+    the first write to each file skips the lines its tail already holds."""
+    first = [event(text=f"first {i}") for i in range(5)]
+    sink = file_sink(tmp_path, public_key, "out/{our_number}.jsonl")
+    await sink.send_batch(first)
+    again = file_sink(tmp_path, public_key, "out/{our_number}.jsonl")  # a new process
+    later = [event(text=f"later {i}") for i in range(3)]
+    await again.send_batch([*first[2:], *later])  # the unrecorded part, and new ones
+    await again.send_batch(first[:1])  # after the first write: written (a replay, say)
+    [path] = files_under(tmp_path / "conf" / "out")
+    lines = path.read_bytes().splitlines()
+    assert lines == [as_json_line(e.raw) for e in [*first, *later, first[0]]]

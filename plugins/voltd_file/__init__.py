@@ -91,6 +91,8 @@ class FileSink(Sink):
         self._static = str(self.base / self.template)
         self._paths: dict[tuple[str, ...], str] = {}  # rendered paths, by field values
         self._limiter = trio.CapacityLimiter(1)
+        #: Files written since this sink started; see `_already_written`.
+        self._seen: set[str] = set()
 
     def path_for(self, event: Event) -> str:
         if not self.fields:
@@ -121,9 +123,13 @@ class FileSink(Sink):
         for name, lines in groups.items():
             path = Path(name)
             created_dirs = _makedirs(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                new = os.fstat(fd).st_size == 0
+                size = os.fstat(fd).st_size
+                new = size == 0
+                if name not in self._seen:
+                    self._seen.add(name)
+                    lines = _already_written(fd, size, lines)
                 data = b"".join(lines)
                 view = memoryview(data)
                 while view:
@@ -135,6 +141,29 @@ class FileSink(Sink):
             if self.fsync and (new or created_dirs):
                 for d in [path.parent, *created_dirs]:
                     _fsync_dir(d)
+
+
+#: How far back the first write to a file after a start looks for lines already there: the
+#: most one batch can hold (2048 events of a few KB).
+TAIL_CHECK = 16 * 1024 * 1024
+
+
+def _already_written(fd: int, size: int, lines: list[bytes]) -> list[bytes]:
+    """`lines` less those already at the end of the file.
+
+    A crash between writing a batch and the spool recording it sends that batch again after
+    the restart; at-least-once allows that, but a file can do better cheaply: the first write
+    to each file after a start skips lines its tail already holds. A line is the event's body
+    byte for byte, and the spool stores no two events with the same body, so an equal line is
+    the same event written before."""
+    if size == 0:
+        return lines
+    start = max(0, size - TAIL_CHECK)
+    tail = os.pread(fd, size - start, start)
+    if start:
+        tail = tail[tail.find(b"\n") + 1 :]  # a whole line at the most
+    present = set(tail.splitlines(keepends=True))
+    return [line for line in lines if line not in present]
 
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems
