@@ -4,16 +4,22 @@ real worker."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 import voltd
 import voltd.testing as vt
-from tests.helpers import session_material
+from tests.helpers import Daemon, make_event, session_material
 from voltd.config import ConfigError, load
 from voltd.daemon import retry_policy, sink_rate
 from voltd.delivery import DeliveryOptions, RetryPolicy, SinkWorker, run_workers
@@ -243,3 +249,63 @@ async def test_after_an_enable_waiting_events_get_a_full_give_up_after(tmp_path:
     finally:
         spool.close()
         db.close()
+
+
+# --------------------------------------------------------------------------------------------
+# What an operator sees, from a real daemon: /healthz, `voltd spool status`, SIGHUP
+
+GONE_PLUGIN = """
+import pathlib, voltd
+
+class Gone(voltd.Sink):
+    '''Disabled (410) until the file `fixed` exists beside the config.'''
+
+    async def send(self, event):
+        if not (self.context.config_dir / "fixed").exists():
+            raise voltd.EndpointGone("POST https://crm.example.com: 410 Gone")
+        with open(self.context.config_dir / "got.txt", "a") as f:
+            f.write(event.id + "\\n")
+
+@voltd.hookimpl
+def register_sink_types(register):
+    register("gone", Gone)
+"""
+
+
+def test_a_disabled_sink_is_shown_everywhere_and_a_reload_enables_it(daemon: Daemon) -> None:
+    (daemon.root / "plugins").mkdir()
+    (daemon.root / "plugins" / "gone.py").write_text(GONE_PLUGIN)
+    daemon.configure(body='[[routes]]\nsinks = ["crm"]\n[sinks.crm]\ntype = "gone"\n')
+    daemon.config.write_text('plugin_dirs = ["plugins"]\n' + daemon.config.read_text())
+    daemon.start()
+    bodies = [make_event() for _ in range(3)]
+    for body in bodies:
+        assert daemon.post(body).status_code == 200
+
+    def status() -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "voltd", "spool", "status", "--json", "-c", daemon.config],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)["sinks"]["crm"]  # type: ignore[no-any-return]
+
+    daemon.wait_for(lambda: status()["state"] == "disabled")
+    crm = status()
+    assert crm["reason"] == "EndpointGone: POST https://crm.example.com: 410 Gone"
+    assert crm["pending"] == 3 and crm["dead"] == 0
+    health = httpx.get(daemon.admin_url + "/healthz").json()
+    assert health["ok"] is True  # ingest is fine; the sink's state is a detail
+    assert health["sinks"]["crm"]["state"] == "disabled"
+    assert any("sink crm: disabled, its endpoint is gone" in line for line in daemon.log)
+
+    (daemon.root / "fixed").touch()
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGHUP)
+    daemon.wait_for(lambda: (daemon.root / "got.txt").exists())
+    daemon.wait_for(lambda: len((daemon.root / "got.txt").read_text().split()) == 3)
+    daemon.wait_for(lambda: status()["state"] == "ok")
+    assert status()["pending"] == 0
+    assert daemon.stop() == 0
