@@ -169,7 +169,7 @@ def test_check_good_config_prints_routes_and_sinks_without_secrets(
     sinks = {
         line.split(":")[0].strip(): line
         for line in out.splitlines()[out.splitlines().index("sinks:") + 1 :]
-        if line.startswith("  ")
+        if line.startswith("  ") and not line.startswith("    ")
     }
     assert set(sinks) == {"archive", "pager-env", "pager-file"}
     assert "file (plugin 'file' from voltd" in sinks["archive"]
@@ -234,7 +234,7 @@ BROKEN = {
         BASE + GOOD_SINK + '\n[sinks.pigeon]\ntype = "carrier-pigeon"\n',
         [
             "config.toml: sinks.pigeon.type: unknown sink type 'carrier-pigeon'",
-            "(available: file)",
+            "(available: file, http)",
         ],
     ),
 }

@@ -1,6 +1,8 @@
 """Crash rounds: `kill -9` at random moments under concurrent load, with an HTTP relay and a
 file sink. Every acknowledged event must reach both; duplicates (at-least-once allows them)
-are counted and reported per 10,000 acknowledged events.
+are counted and reported per 10,000 acknowledged events. Each round is killed at a random
+moment after 1,000-3,000 acknowledgements, as the first kill test did (its file sinks had
+~66 duplicates per 10,000).
 
 What keeps them few: each event an HTTP `send` confirms is queued for the spool's next commit
 at once, and the file sink's first write to a file after a start skips lines already there.
@@ -82,8 +84,12 @@ url = "{url}"
 """
 
 
-async def load_until_killed(daemon: Daemon, seconds: float, acked: list[str]) -> None:
-    """16 concurrent senders; the daemon is killed after `seconds`."""
+async def load_until_killed(
+    daemon: Daemon, kill_after: int, jitter: float, acked: list[str]
+) -> None:
+    """16 concurrent senders; the daemon is killed `jitter` seconds after this round's
+    `kill_after`-th acknowledgement."""
+    start = len(acked)
     async with httpx.AsyncClient(verify=daemon.tls(), timeout=10) as client:
 
         async def sender() -> None:
@@ -98,7 +104,9 @@ async def load_until_killed(daemon: Daemon, seconds: float, acked: list[str]) ->
                     acked.append(json.loads(body)["id"])
 
         async def killer() -> None:
-            await trio.sleep(seconds)
+            while len(acked) - start < kill_after:  # noqa: ASYNC110 - a plain counter
+                await trio.sleep(0.005)
+            await trio.sleep(jitter)
             assert daemon.proc is not None
             daemon.proc.kill()
 
@@ -117,7 +125,7 @@ def test_kill_9_rounds_lose_nothing_and_duplicate_little(
     acked: list[str] = []
     for _ in range(ROUNDS):
         daemon.start()
-        trio.run(load_until_killed, daemon, rng.uniform(0.5, 2.5), acked)
+        trio.run(load_until_killed, daemon, rng.randint(1000, 3000), rng.uniform(0, 0.3), acked)
         assert daemon.proc is not None
         daemon.proc.wait(10)
     daemon.start()
@@ -136,5 +144,5 @@ def test_kill_9_rounds_lose_nothing_and_duplicate_little(
         f"in the file sink, {relay_dups} duplicate relays; {per_10k:.1f} per 10,000"
     )
     print(report)  # the figure the issue asks for (`pytest -s` or -rP shows it)
-    assert len(acked) >= 5_000, report
+    assert len(acked) >= 20_000, report
     assert per_10k <= DUPLICATES_PER_10K, report

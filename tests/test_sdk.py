@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Sequence
@@ -569,3 +571,42 @@ def test_serve_refuses_a_config_whose_sink_plugin_is_broken(tmp_path: Path) -> N
         "sinks.t.type" in line and "plugin 'sync'" in line and "must be `async def`" in line
         for line in d.log
     )
+
+
+def test_an_option_marked_secret_is_hidden_by_check_even_when_written_inline(
+    tmp_path: Path,
+) -> None:
+    d = Daemon(tmp_path)
+    plugin(
+        tmp_path / "plugins",
+        "pager",
+        """
+        from typing import Annotated
+
+        class Pager(voltd.Sink):
+            class Options(voltd.SinkOptions):
+                url: str
+                token: Annotated[str, voltd.Secret()]
+
+            async def send(self, event):
+                pass
+
+        @voltd.hookimpl
+        def register_sink_types(register):
+            register("pager", Pager)
+        """,
+    )
+    with_plugin_dirs(
+        d,
+        '[[routes]]\nsinks = ["p"]\n[sinks.p]\ntype = "pager"\n'
+        'url = "https://pager.example/hook"\ntoken = "tok-inline-1234567"\n',
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "voltd", "check", "-c", str(d.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert '"token": "***"' in out.stdout and "tok-inline" not in out.stdout + out.stderr
+    assert "https://pager.example/hook" in out.stdout  # not marked: shown

@@ -112,8 +112,16 @@ def _fmt_match(spec: Any) -> str:
     return "; ".join(parts) or "everything"
 
 
-def _redacted(config: Any, sink: str, options: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if config.is_secret("sinks", sink, k) else v) for k, v in options.items()}
+def _redacted(config: Any, sink: str, options: dict[str, Any], model: Any = None) -> dict[str, Any]:
+    """Options as `voltd check` shows them: what came from a secret reference, or what the
+    sink type marks `voltd.Secret`, is `***`."""
+    from voltd.sink import is_secret_option
+
+    def hidden(key: str) -> bool:
+        marked = model is not None and is_secret_option(model, key)
+        return marked or config.is_secret("sinks", sink, key)
+
+    return {k: ("***" if hidden(k) else v) for k, v in options.items()}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -157,7 +165,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for name, sc in config.sinks.items():
         origin = registry.sink_types[sc.type].origin
         try:
-            opts = json.dumps(_redacted(config, name, sc.options), default=str)
+            model = registry.sink_types[sc.type].cls.Options
+            opts = json.dumps(_redacted(config, name, sc.options, model), default=str)
         except ValueError:  # an integer too long to write out (over 4300 digits)
             opts = "(options too large to show)"
         out.append(f"  {one_line(name)}: {sc.type} ({origin}) {opts}")
@@ -214,13 +223,26 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def _type_name(annotation: Any) -> str:
-    """A readable type for `voltd plugins`: `str`, `list[str]`, `bool | None`."""
+    """A readable type for `voltd plugins`: `str`, `list[str]`, `bool | None`, `"POST" |
+    "PUT"`, `Template` (validators and markers left out)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
     if isinstance(annotation, type):
         return annotation.__name__
-    text = str(annotation)
-    for noise in ("typing.", "pathlib.", "collections.abc.", "voltd.templates.", "NoneType"):
-        text = text.replace(noise, "None" if noise == "NoneType" else "")
-    return text
+    return str(annotation).replace("typing.", "")
 
 
 def option_rows(model: Any) -> list[dict[str, Any]]:

@@ -78,6 +78,7 @@ __all__ = [
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
 
 _SNIPPET: Final = 200  # characters of a response body an error message may show
+_SHORTEST_SECRET: Final = 8  # characters; shorter path pieces and values are not redacted
 _REDACT_SCAN: Final = 65536  # characters of a body searched for secrets before the cut
 _REDACTED: Final = "[redacted]"
 #: Headers whose values are never secrets and are too common to redact from a body.
@@ -221,7 +222,8 @@ def _secrets(url: httpx.URL | None, headers: httpx.Headers | None) -> list[str]:
         for key, value in headers.multi_items():
             if key.lower() not in _PLAIN_HEADERS:
                 found.update(_pieces(value))
-    return sorted((s for s in found if len(s) >= 4), key=len, reverse=True)
+    # Short pieces are words, not secrets: redacting "hook" from "hook deleted" only confuses.
+    return sorted((s for s in found if len(s) >= _SHORTEST_SECRET), key=len, reverse=True)
 
 
 def _redact(text: str, secrets: list[str]) -> str:

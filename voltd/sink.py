@@ -68,6 +68,28 @@ def _seconds(value: Any) -> float:
 Duration = Annotated[float, pydantic.BeforeValidator(_seconds)]
 
 
+class Secret:
+    """Marks an option whose value is a secret even when written into the config as it is
+    (a webhook URL with its token, a password, a signing secret): `voltd check` shows it as
+    `***`. Values from `${env:}`/`${file:}` are hidden anyway. Use it as metadata::
+
+        webhook_url: Annotated[str, voltd.Secret()] = pydantic.Field(description=...)
+    """
+
+    def __repr__(self) -> str:
+        return "Secret()"
+
+
+def is_secret_option(model: type[pydantic.BaseModel], name: str) -> bool:
+    """Whether option `name` of an Options model is marked `Secret`."""
+    info = model.model_fields.get(name)
+    if info is None:
+        for candidate in model.model_fields.values():
+            if candidate.alias == name:
+                info = candidate
+    return info is not None and any(isinstance(m, Secret) for m in info.metadata)
+
+
 class SinkOptions(pydantic.BaseModel):
     """Base for a sink's options: unknown keys are errors, so typos never pass silently.
 
