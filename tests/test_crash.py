@@ -12,60 +12,31 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import trio
 
 from tests.helpers import Daemon, make_event
+from tests.test_docs import Receiver
 
 ROUNDS = 20
 #: The issue's target: at most this many duplicate deliveries per 10,000 acknowledged events.
 DUPLICATES_PER_10K = 10
 
 
-class Receiver(ThreadingHTTPServer):
-    """Counts the envelope ids relayed to it; answers 200 at once."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.ids: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/relay"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with self.server.lock:
-            self.server.ids[json.loads(body)["id"]] += 1
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """A local HTTP server standing in for the relay's receiver (answers 200 at once)."""
+    with Receiver("/relay") as server:
+        yield server
+
+
+def relayed(receiver: Receiver) -> Counter[str]:
+    """How many times each envelope id reached the receiver."""
+    return Counter(body["id"] for _, _, body in list(receiver.requests))
 
 
 def routes(url: str) -> str:
@@ -134,10 +105,10 @@ def test_kill_9_rounds_lose_nothing_and_duplicate_little(
         return Counter(json.loads(line)["id"] for line in daemon.lines("out/all.jsonl"))
 
     want = set(acked)
-    daemon.wait_for(lambda: want <= set(archived()) and want <= set(receiver.ids), timeout=60)
+    daemon.wait_for(lambda: want <= set(archived()) and want <= set(relayed(receiver)), timeout=60)
     assert daemon.stop() == 0
     file_dups = sum(n - 1 for n in archived().values())
-    relay_dups = sum(n - 1 for n in receiver.ids.values())
+    relay_dups = sum(n - 1 for n in relayed(receiver).values())
     per_10k = 10_000 * (file_dups + relay_dups) / len(acked)
     report = (
         f"{ROUNDS} kill -9 rounds, {len(acked)} acknowledged events: {file_dups} duplicate lines "

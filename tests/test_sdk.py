@@ -153,10 +153,10 @@ def test_voltd_disable_plugins_blocks_named_plugins(tmp_path: Path) -> None:
     plugin(tmp_path, "works", GOOD.format(name="works"))
     registry = discover(
         [tmp_path],
-        disabled=voltd.plugins.disabled_plugins({"VOLTD_DISABLE_PLUGINS": "works, file"}),
+        disabled=voltd.plugins.disabled_plugins({"VOLTD_DISABLE_PLUGINS": "works, file http"}),
     )
     assert registry.sink_types == {}
-    assert {o.plugin for o in registry.blocked} == {"works", "file"}
+    assert {o.plugin for o in registry.blocked} == {"works", "file", "http"}
     assert registry.problems == []
 
 

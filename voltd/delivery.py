@@ -188,10 +188,15 @@ class SinkWorker:
         row = self.status()
         key = (row["state"], row["reason"], row["next_attempt"], row["in_flight"])
         now = time.monotonic()
-        if key == self._published or (not force and now - self._published_at < 1.0):
+        if key == self._published:
             return
-        self._published, self._published_at = key, now
-        self.spool.record_soon((), status=(self.name, row))
+        was = self._published
+        # A new state, or going busy or idle, at once; a changing in-flight count, each second.
+        force = force or was is None or was[:3] != key[:3] or (was[3] == 0) != (key[3] == 0)
+        if not force and now - self._published_at < 1.0:
+            return
+        if self.spool.record_soon((), status=(self.name, row)) is not None:
+            self._published, self._published_at = key, now
 
     async def _retry_requested(self) -> bool:
         """Whether `voltd spool retry --sink` asked for this sink since its state began."""
@@ -245,6 +250,7 @@ class SinkWorker:
                 if not isinstance(failure, EndpointGone):  # that one has a line of its own
                     self._log(outcomes)
                 await self._record(outcomes, self._after(failure))
+                self._publish()  # idle again (or paused, disabled: already said)
                 for o in outcomes:
                     if o.state is State.PENDING and (next_retry is None or o.next_at < next_retry):
                         next_retry = o.next_at
@@ -283,6 +289,7 @@ class SinkWorker:
         if self.pace is not None:
             await self.pace.wait()
         self.in_flight += len(due)
+        self._publish()
         try:
             with trio.fail_after(self.options.attempt_timeout):
                 await self.sink.send_batch([d.event for d in due])
@@ -302,6 +309,7 @@ class SinkWorker:
         if self.pace is not None:
             await self.pace.wait()
         self.in_flight += 1
+        self._publish()
         try:
             with trio.fail_after(self.options.attempt_timeout):
                 await self.sink.send(d.event)
