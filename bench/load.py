@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,25 +23,31 @@ from servers import Server, cpu_busy_seconds, cpu_seconds, pin_to
 from workload import Setup
 
 
-def ensure_wrk() -> str:
-    """wrk from Debian; installed on the spot when running as root, else say how."""
-    found = shutil.which("wrk")
+def ensure_tool(tool: str, packages: Sequence[str]) -> str:
+    """A program from Debian's packages; installed on the spot when running as root, else
+    say how."""
+    found = shutil.which(tool)
     if found:
         return found
-    command = ["apt-get", "install", "-y", "wrk"]
+    command = ["apt-get", "install", "-y", *packages]
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise BenchError(f"wrk is not installed; install it with: sudo {shlex.join(command)}")
-    print(f"wrk is not installed; running: {shlex.join(command)}", flush=True)
+        raise BenchError(f"{tool} is not installed; install it with: sudo {shlex.join(command)}")
+    print(f"{tool} is not installed; running: {shlex.join(command)}", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     if subprocess.run(command, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise BenchError(f"could not install wrk:\n{indent(done.stderr[-2000:])}")
-    found = shutil.which("wrk")
+            raise BenchError(f"could not install {tool}:\n{indent(done.stderr[-2000:])}")
+    found = shutil.which(tool)
     if not found:
-        raise BenchError("wrk was installed but is not on PATH")
+        raise BenchError(f"{tool} was installed but is not on PATH")
     return found
+
+
+def ensure_wrk() -> str:
+    """wrk from Debian; installed on the spot when running as root, else say how."""
+    return ensure_tool("wrk", ["wrk"])
 
 
 @dataclass
@@ -73,8 +80,13 @@ def run_wrk(
     tag: str,
     server_pid: int,
     server_cpu: int | None,
+    sig_header: str = SIG_HEADER,
 ) -> WrkRun:
-    """Run wrk once and return its BENCH_RESULT, cross-checked and with raw percentiles."""
+    """Run wrk once and return its BENCH_RESULT, cross-checked and with raw percentiles.
+
+    `sig_header` names the header that carries each request's first line (the relay phase
+    sends unsigned bodies to its receiver under a header of its own).
+    """
     ids_out = workdir / f"{tag}.accepted-ids"
     hist_out = workdir / f"{tag}.histogram"
     for p in (ids_out, hist_out):
@@ -94,10 +106,10 @@ def run_wrk(
     env = dict(
         os.environ,
         BENCH_EVENTS=str(requests_file),
-        BENCH_PATH=WEBHOOK_PATH,
+        BENCH_PATH=urllib.parse.urlsplit(url).path or WEBHOOK_PATH,
         BENCH_IDS_OUT=str(ids_out),
         BENCH_HIST_OUT=str(hist_out),
-        BENCH_SIG_HEADER=SIG_HEADER,
+        BENCH_SIG_HEADER=sig_header,
     )
     cpu_before = cpu_seconds(server_pid)
     core_before = cpu_busy_seconds(server_cpu)

@@ -1,8 +1,10 @@
 """One-command benchmark of voltd, in phases that share one set of keys, events and settings.
 
     uv run python bench/run.py [--duration 10] [--connections 16] [--events N] [--only bare|voltd]
-                               [--phases ingest,e2e,sinkdown,drain,commit] [--skip PHASES]
-                               [--probe-rate 15] [--backlog 100000]
+                               [--phases PHASES] [--skip PHASES] [--probe-rate 15]
+                               [--backlog 100000] [--relay-events N] [--relay-concurrency 4]
+
+PHASES: comma-separated from ingest,e2e,sinkdown,drain,commit,relay,relaylatency,stalled.
 
 - ingest: voltd against the bare web stack it is built on (hypercorn + quart-trio), the same
   pre-signed, unique Volt webhooks over HTTPS from wrk (1 thread, keep-alive), each after a
@@ -12,6 +14,10 @@
 - sinkdown (backlog.py): the same load with the archive sink failing; then repair and drain.
 - drain (backlog.py): a large pre-filled backlog drained to the file sink; RSS throughout.
 - commit (commit.py): one fsync'd transaction per event vs group commit, on the spool alone.
+- relay (relay.py): the http sink draining a backlog to a fast local receiver at concurrency
+  1, 4 and 16, against that receiver's own ceiling under wrk.
+- relaylatency (relay.py): voltd's 200 -> the request at the receiver, idle and under load.
+- stalled (relay.py): ingest with the relay's receiver stalled vs healthy.
 
 Results go to the terminal and to bench/out/latest.json; the exit status is 0 when all is
 well, 1 when something was wrong (errors, lost events, non-2xx), 3 when only a performance
@@ -60,6 +66,15 @@ from base import (
 from commit import report_commit, run_commit
 from load import WrkRun, ensure_wrk, run_wrk, summarize
 from probe import Probe, make_probe_events, report_e2e
+from relay import (
+    IDLE_SECONDS,
+    PROBE_RATE,
+    report_relay,
+    report_relaylatency,
+    report_stalled,
+    run_relay,
+    run_relay_ingest,
+)
 from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
 from servers import Server, free_port, healthz_probe, http_get, https_probe, memory_mb, post_signed
 from sinks import SinkReader, expected_deliveries, wait_drained
@@ -330,8 +345,10 @@ def default_events(duration: int) -> int:
     return math.ceil(duration * EXPECTED_RATE * HEADROOM)
 
 
-PHASES = ("ingest", "e2e", "sinkdown", "drain", "commit")
-LOAD_PHASES = {"ingest", "e2e", "sinkdown"}  # the ones that need wrk and signed events
+PHASES = ("ingest", "e2e", "sinkdown", "drain", "commit", "relay", "relaylatency", "stalled")
+# The ones that need wrk and signed events (relay needs wrk only).
+LOAD_PHASES = {"ingest", "e2e", "sinkdown", "relaylatency", "stalled"}
+RELAY_INGEST_PHASES = {"relaylatency", "stalled"}  # both need the healthy-receiver run
 
 
 def _phase_list(text: str) -> list[str]:
@@ -379,6 +396,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--backlog", type=int, default=100_000, help="drain phase: events in the backlog (100000)"
     )
     p.add_argument(
+        "--relay-events",
+        type=int,
+        default=None,
+        help="relay phase: events in the http sink's backlog (default: duration x 1000)",
+    )
+    p.add_argument(
+        "--relay-concurrency",
+        type=int,
+        default=4,
+        help="relaylatency and stalled: the http sink's concurrency setting (4)",
+    )
+    p.add_argument(
         "--commit-events",
         type=int,
         default=20_000,
@@ -407,6 +436,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--probe-rate, --backlog and --commit-events must be positive")
     if args.commit_seconds <= 0:
         p.error("--commit-seconds must be positive")
+    if args.relay_events is None:
+        args.relay_events = args.duration * 1000
+    if args.relay_events < 2 or args.relay_concurrency < 1:
+        p.error("--relay-events must be at least 2 and --relay-concurrency at least 1")
     args.phases = [ph for ph in PHASES if ph in args.phases and ph not in args.skip]
     if not args.phases:
         p.error("no phase left to run")
@@ -421,7 +454,7 @@ def probe_count(args: argparse.Namespace) -> int:
 def prepare(args: argparse.Namespace, workdir: Path) -> Setup:
     """Keys, certificate, events. Without a load phase only the one sanity event is made."""
     load = bool(LOAD_PHASES & set(args.phases))
-    wrk = ensure_wrk() if load else ""
+    wrk = ensure_wrk() if load or "relay" in args.phases else ""
     server_cpu, client_cpu, _ = choose_cpus()
     voltd_dir = workdir / "voltd"
     certfile, _ = make_self_signed_cert(voltd_dir / "tls", hosts=(HOST, "localhost"))
@@ -432,11 +465,18 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Setup:
         n_warm = default_events(WARMUP_SECONDS) if args.events is None else max(1, n_main // 5)
     if {"e2e", "sinkdown"} & set(args.phases):
         n_probe = probe_count(args)
+    n_relay_idle = n_relay_load = 0
+    if RELAY_INGEST_PHASES & set(args.phases):
+        n_relay_idle = math.ceil(PROBE_RATE * (IDLE_SECONDS + 2))
+        n_relay_load = math.ceil(PROBE_RATE * (args.duration + 10))
     t0 = time.monotonic()
     now = time.time()
     events = make_events(n_main + n_warm + 1, args.seed, now)
     probes = make_probe_events(n_probe, args.seed + 3, now) if n_probe else []
-    bodies = [e.body for e in events] + [e.body for e in probes]
+    relay_probes = (
+        make_probe_events(n_relay_idle + n_relay_load, args.seed + 5, now) if n_relay_idle else []
+    )
+    bodies = [e.body for e in events] + [e.body for e in probes + relay_probes]
     signatures = sign_all(private_key, bodies, len(os.sched_getaffinity(0)))
     check_signature(public_key, events[0].body, signatures[0])
     sanity, warm, main = events[0], events[1 : n_warm + 1], events[n_warm + 1 :]
@@ -466,7 +506,11 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Setup:
         client_cpu=client_cpu,
         wrk=wrk,
         probe_events=probes,
-        probe_signatures=signatures[len(events) :],
+        probe_signatures=signatures[len(events) : len(events) + n_probe],
+        relay_idle_events=relay_probes[:n_relay_idle],
+        relay_idle_signatures=signatures[len(events) + n_probe :][:n_relay_idle],
+        relay_probe_events=relay_probes[n_relay_idle:],
+        relay_probe_signatures=signatures[len(events) + n_probe + n_relay_idle :],
     )
 
 
@@ -619,9 +663,10 @@ def print_checks(checks: list[dict[str, Any]]) -> None:
     print()
     print("targets:")
     width = max(len(c["what"]) for c in checks)
+    phase_width = max(9, *(len(c["phase"]) for c in checks))
     for c in checks:
         print(
-            f"  {c['phase']:<9} {c['what']:<{width}}  {c['value']:>12}  "
+            f"  {c['phase']:<{phase_width}} {c['what']:<{width}}  {c['value']:>12}  "
             f"target {c['target']:<12} {c['verdict']}"
             + (f"  ({c['note']})" if c.get("note") else "")
         )
@@ -655,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "backlog": args.backlog if "drain" in phases else None,
             "commit_events": args.commit_events if "commit" in phases else None,
             "commit_seconds": args.commit_seconds if "commit" in phases else None,
+            "relay_events": args.relay_events if "relay" in phases else None,
+            "relay_concurrency": (args.relay_concurrency if RELAY_INGEST_PHASES & phases else None),
         },
         "targets": {},
     }
@@ -707,6 +754,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "commit",
                 lambda: run_commit(workdir, args.commit_events, args.commit_seconds, args.seed),
             )
+        if "relay" in phases:
+            results["relay"] = run_phase("relay", lambda: run_relay(setup))
+        if RELAY_INGEST_PHASES & phases:
+            # The healthy-receiver run is relaylatency's measurement and stalled's baseline.
+            results["relaylatency"] = run_phase(
+                "relaylatency", lambda: run_relay_ingest(setup, "ok")
+            )
+        if "stalled" in phases:
+            results["stalled"] = run_phase("stalled", lambda: run_relay_ingest(setup, "stall"))
         results["runtime_s"] = time.monotonic() - started
 
         print()
@@ -727,6 +783,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "commit",
                 lambda r: report_commit(r, results["environment"].get("workdir_filesystem")),
             ),
+            ("relay", lambda r: report_relay(r)),
+            ("relaylatency", lambda r: report_relaylatency(r, "relaylatency" in phases)),
+            ("stalled", lambda r: report_stalled(r, results.get("relaylatency"), volt)),
         ):
             if key in results:
                 more_problems, more_checks = reporter(results[key])

@@ -233,6 +233,8 @@ def check_signature(public_key_path: Path, body: bytes, signature: str) -> None:
 
 
 ARCHIVE_PATH = "archive/{our_number}/{date}.jsonl"
+# The relay phases' `http` sink (bench/relay.py); it is not a file sink, so not in SINK_DIRS.
+RELAY_SINK = "relay"
 
 
 def voltd_config(
@@ -241,6 +243,7 @@ def voltd_config(
     *,
     keys_dir: Path | None = None,
     archive_path: str | None = ARCHIVE_PATH,
+    relay: str | None = None,
 ) -> str:
     """A realistic configuration (DESIGN.md §4): named numbers, fan-out, a final route.
 
@@ -248,21 +251,27 @@ def voltd_config(
     path that cannot be written (the sink is down) or no archive sink at all (its deliveries
     wait in the spool), so that everything else about the daemon stays the same. `keys_dir`
     is where the certificate and public key are when the config lives in another directory.
+    `relay` (the relay phases) is the body of a `[sinks.relay]` table: the archive route then
+    sends every event to that sink as well (`RELAY_SINK`).
     """
     keys = "" if keys_dir is None else f"{keys_dir}/"
-    archive_route = archive_sink = ""
+    archive_route = archive_sink = relay_sink = ""
     if archive_path is not None:
-        archive_route = """
+        also = f', "{RELAY_SINK}"' if relay is not None else ""
+        archive_route = f"""
 [[routes]]
 name = "archive everything"
-match = { direction = ["inbound", "outbound"] }
-sinks = ["archive"]
+match = {{ direction = ["inbound", "outbound"] }}
+sinks = ["archive"{also}]
 """
         archive_sink = f"""
 [sinks.archive]
 type = "file"
 path = "{archive_path}"
 """
+    if relay is not None:
+        assert archive_path is not None, "the relay rides on the archive route"
+        relay_sink = f"\n[sinks.{RELAY_SINK}]\n{relay.strip()}\n"
     return f"""\
 # Written by bench/run.py for one benchmark run.
 [server]
@@ -313,7 +322,7 @@ path = "failures/{{date}}.jsonl"
 [sinks.sales-outbound]
 type = "file"
 path = "sales/{{event}}/{{date}}.jsonl"
-"""
+{relay_sink}"""
 
 
 SINK_DIRS = {
@@ -347,3 +356,9 @@ class Setup:
     # The e2e probe's own events (archive only), signed like the load; empty without probe.
     probe_events: list[BenchEvent] = field(default_factory=list)
     probe_signatures: list[str] = field(default_factory=list)
+    # The relay latency probe's events (archive route, so also the relay), signed: one set
+    # for the idle measurement, one for the measurement under load; empty without them.
+    relay_idle_events: list[BenchEvent] = field(default_factory=list)
+    relay_idle_signatures: list[str] = field(default_factory=list)
+    relay_probe_events: list[BenchEvent] = field(default_factory=list)
+    relay_probe_signatures: list[str] = field(default_factory=list)

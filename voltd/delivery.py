@@ -185,17 +185,23 @@ class SinkWorker:
     def _publish(self, *, force: bool = False) -> None:
         """Keep this sink's row in the spool's `sink_status` current for `voltd spool status`
         (another process): at once on a change of state, else at most once a second."""
-        row = self.status()
-        key = (row["state"], row["reason"], row["next_attempt"], row["in_flight"])
-        now = time.monotonic()
+        # Per send: only a tuple is built until something is to be written.
+        paused = self.failures and self.disabled is None
+        key = (
+            self.state,
+            self.disabled if self.disabled is not None else self.last_error,
+            self.paused_until if paused else None,
+            self.in_flight,
+        )
         if key == self._published:
             return
+        now = time.monotonic()
         was = self._published
         # A new state, or going busy or idle, at once; a changing in-flight count, each second.
         force = force or was is None or was[:3] != key[:3] or (was[3] == 0) != (key[3] == 0)
         if not force and now - self._published_at < 1.0:
             return
-        if self.spool.record_soon((), status=(self.name, row)) is not None:
+        if self.spool.record_soon((), status=(self.name, self.status())) is not None:
             self._published, self._published_at = key, now
 
     async def _retry_requested(self) -> bool:
@@ -265,7 +271,10 @@ class SinkWorker:
             with trio.move_on_after(timeout):
                 await wake.wait()
                 woken = True
-            if woken:
+            if woken and self.batches:
+                # A sink that takes batches waits a moment so one call (one write and fsync
+                # for a file) carries several commits' events; one that sends event by event
+                # gains nothing from waiting, and its latency is what it is measured by.
                 await trio.sleep(opts.linger)
             else:
                 next_retry = await self.spool.next_due_at(self.name)
