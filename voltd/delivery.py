@@ -64,6 +64,10 @@ class DeliveryOptions:
 
 
 _NEVER = 1e18  # a time after every retry
+#: Confirmed sends are handed to the spool at least this often (seconds), or per this many:
+#: a crash re-sends at most about that much beyond what was in flight.
+CONFIRM_WINDOW = 0.002
+CONFIRM_BATCH = 32
 
 
 class Pace:
@@ -137,6 +141,10 @@ class SinkWorker:
         #: Sends at once (`concurrency`; 1 keeps the order) and their pace (`rate`).
         self.concurrency = concurrency
         self.pace = Pace(rate) if rate else None
+        if concurrency > 1 and not self.batches:
+            # Each attempt ends with its lanes draining one by one and a spool read: bigger
+            # attempts make those gaps rarer.
+            self.batch_size = max(self.batch_size, 64 * concurrency)
         self.in_flight = 0
         #: When the sink was last enabled after being disabled: the time it waited disabled
         #: does not count towards `give_up_after` (see `_gives_up`).
@@ -148,6 +156,12 @@ class SinkWorker:
         #: The last outcomes queued without waiting (`record_soon`): committed before the
         #: spool is asked what is due again, or it would offer them once more.
         self._queued: trio.Event | None = None
+        #: Confirmed sends not yet handed to the spool: handed over together every
+        #: `CONFIRM_WINDOW` seconds or `CONFIRM_BATCH` outcomes, one writer trip for several.
+        self._confirmed: list[Outcome] = []
+        self._confirmed_at = 0.0
+        self._gap = 1.0  # a moving average of the time between two confirmations (seconds)
+        self._last_confirmed = 0.0
 
     @property
     def state(self) -> str:
@@ -329,12 +343,37 @@ class SinkWorker:
         finally:
             self.in_flight -= 1
         outcome = self._delivered(d)
-        if early:
-            queued = self.spool.record_soon([outcome])
+        if not early:
+            return outcome, None
+        now = trio.current_time()
+        self._gap += (min(now - self._last_confirmed, 1.0) - self._gap) / 8
+        self._last_confirmed = now
+        if not self._confirmed:
+            self._confirmed_at = now
+        self._confirmed.append(outcome)
+        # Confirmations that come slowly are handed over one by one; only when they come
+        # quickly does one wait for a few neighbours, never much longer than CONFIRM_WINDOW.
+        if (
+            self._gap * 2 >= CONFIRM_WINDOW
+            or len(self._confirmed) >= CONFIRM_BATCH
+            or now - self._confirmed_at >= CONFIRM_WINDOW
+        ):
+            self._hand_over()
+        return None, None
+
+    def _hand_over(self) -> None:
+        """Queue the confirmed outcomes for the spool's next commit (when its queue is full,
+        they stay for the next hand-over or the end of the attempt)."""
+        if self._confirmed:
+            queued = self.spool.record_soon(self._confirmed)
             if queued is not None:
-                self._queued = queued
-                return None, None
-        return outcome, None
+                self._queued, self._confirmed = queued, []
+
+    def _confirmed_left(self) -> list[Outcome]:
+        """At the end of an attempt: hand over what is left, or return it to be recorded."""
+        self._hand_over()
+        left, self._confirmed = self._confirmed, []
+        return left
 
     def _unexpected(self, exc: Exception) -> Exception:
         """A sink should raise SinkError subclasses; anything else is a plugin bug, retried
@@ -380,6 +419,7 @@ class SinkWorker:
             async with trio.open_nursery() as nursery:
                 for _ in range(lanes):
                     nursery.start_soon(lane)
+        out.extend(self._confirmed_left())
         if failure is not None:
             out.extend(self._failed(d, failure, permanent=False) for d in due[position:])
         return out, failure

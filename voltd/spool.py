@@ -673,14 +673,6 @@ class Spool:
                     while self.incoming > len(batch) and len(batch) < self._max_batch:
                         batch.append(await recv.receive())
                         self._drain(batch)
-            elif not self.incoming and not any(isinstance(b, _Ingest) for b in batch):
-                # Only delivery outcomes: a sink sending event by event queues one each, and a
-                # commit apiece would cost more CPU than the sends. Wait a moment for more (no
-                # 200 waits on these; a crash meanwhile re-sends a few milliseconds' worth).
-                with trio.move_on_after(self._linger):
-                    while len(batch) < self._max_batch:
-                        batch.append(await recv.receive())
-                        self._drain(batch)
             ingests = [b for b in batch if isinstance(b, _Ingest)]
             records = [b for b in batch if isinstance(b, _Record)]
             try:
