@@ -27,7 +27,7 @@ from tests.helpers import Daemon, make_event
 
 ROUNDS = 20
 #: A relay's duplicates per kill, on average: the request in flight, and the few confirmed in
-#: the milliseconds before their outcome's commit (measured: about 3 at concurrency 1 under
+#: the milliseconds before their outcome's commit (measured: about 1.5 at concurrency 1 under
 #: this load). A receiver drops them by `webhook-id`, which is the same on every retry.
 RELAY_DUPLICATES_PER_KILL = 5
 
