@@ -195,10 +195,14 @@ class Daemon:
         body: str = DEFAULT_BODY,
         verify_extra: str = 'max_age = "7d"',
         give_up_after: str = "1h",
+        plugin_dirs: bool = False,
     ) -> Path:
-        self.config.write_text(
-            BASE_CONFIG.format(body=body, verify_extra=verify_extra, give_up_after=give_up_after)
-        )
+        """Write the config; `plugin_dirs` adds the deployment's `plugins/` directory (a
+        top-level key, so it goes before the first table)."""
+        text = BASE_CONFIG.format(body=body, verify_extra=verify_extra, give_up_after=give_up_after)
+        if plugin_dirs:
+            text = 'plugin_dirs = ["plugins"]\n' + text
+        self.config.write_text(text)
         return self.config
 
     def start(self, timeout: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> None:

@@ -275,8 +275,9 @@ def register_sink_types(register):
 def test_a_disabled_sink_is_shown_everywhere_and_a_reload_enables_it(daemon: Daemon) -> None:
     (daemon.root / "plugins").mkdir()
     (daemon.root / "plugins" / "gone.py").write_text(GONE_PLUGIN)
-    daemon.configure(body='[[routes]]\nsinks = ["crm"]\n[sinks.crm]\ntype = "gone"\n')
-    daemon.config.write_text('plugin_dirs = ["plugins"]\n' + daemon.config.read_text())
+    daemon.configure(
+        body='[[routes]]\nsinks = ["crm"]\n[sinks.crm]\ntype = "gone"\n', plugin_dirs=True
+    )
     daemon.start()
     bodies = [make_event() for _ in range(3)]
     for body in bodies:

@@ -519,19 +519,13 @@ type = "fails-close"
 """
 
 
-def with_plugin_dirs(daemon: Daemon, body: str) -> None:
-    """The daemon's config with `body`, and plugins from its `plugins/` directory."""
-    daemon.configure(body=body)
-    daemon.config.write_text('plugin_dirs = ["plugins"]\n' + daemon.config.read_text())
-
-
 @pytest.mark.slow
 def test_broken_plugins_are_reported_and_the_daemon_keeps_serving(daemon: Daemon) -> None:
     plugins = daemon.root / "plugins"
     plugin(plugins, "runtime", BROKEN_AT_RUN_TIME)
     plugin(plugins, "typo", GOOD.format(name="t").replace("register_sink_types", "register_sinks"))
     plugin(plugins, "missing", "import voltd_no_such_sdk\n")
-    with_plugin_dirs(daemon, ROUTES)
+    daemon.configure(plugin_dirs=True, body=ROUTES)
     daemon.start()
     log = "\n".join(daemon.log)
     assert f"plugin 'typo' from {plugins / 'typo.py'}: is not a valid voltd plugin" in log
@@ -549,7 +543,9 @@ def test_broken_plugins_are_reported_and_the_daemon_keeps_serving(daemon: Daemon
     assert log.count("raised an unexpected KeyError") == 1  # once per run of failures
 
     # A reload that drops the sinks whose aclose fails or hangs: reported, not fatal.
-    with_plugin_dirs(daemon, ROUTES.replace(', "slow", "fails"', "").split("[sinks.slow]")[0])
+    daemon.configure(
+        plugin_dirs=True, body=ROUTES.replace(', "slow", "fails"', "").split("[sinks.slow]")[0]
+    )
     assert daemon.proc is not None
     os.kill(daemon.proc.pid, signal.SIGHUP)
     daemon.wait_for(lambda: any("configuration reloaded" in line for line in daemon.log))
@@ -564,7 +560,7 @@ def test_broken_plugins_are_reported_and_the_daemon_keeps_serving(daemon: Daemon
 def test_serve_refuses_a_config_whose_sink_plugin_is_broken(tmp_path: Path) -> None:
     d = Daemon(tmp_path)
     plugin(tmp_path / "plugins", "sync", GOOD.format(name="t").replace("async def", "def"))
-    with_plugin_dirs(d, '[[routes]]\nsinks = ["t"]\n[sinks.t]\ntype = "t"\n')
+    d.configure(plugin_dirs=True, body='[[routes]]\nsinks = ["t"]\n[sinks.t]\ntype = "t"\n')
     with pytest.raises(RuntimeError, match="voltd did not start"):
         d.start(timeout=15)
     assert any(
@@ -596,9 +592,9 @@ def test_an_option_marked_secret_is_hidden_by_check_even_when_written_inline(
             register("pager", Pager)
         """,
     )
-    with_plugin_dirs(
-        d,
-        '[[routes]]\nsinks = ["p"]\n[sinks.p]\ntype = "pager"\n'
+    d.configure(
+        plugin_dirs=True,
+        body='[[routes]]\nsinks = ["p"]\n[sinks.p]\ntype = "pager"\n'
         'url = "https://pager.example/hook"\ntoken = "tok-inline-1234567"\n',
     )
     out = subprocess.run(
