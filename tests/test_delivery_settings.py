@@ -310,3 +310,88 @@ def test_a_disabled_sink_is_shown_everywhere_and_a_reload_enables_it(daemon: Dae
     daemon.wait_for(lambda: status()["state"] == "ok")
     assert status()["pending"] == 0
     assert daemon.stop() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# A digest's window (`Sink.batch_window`, plugin API 1.1)
+
+
+class Digest(voltd.Sink):
+    """Collects for `batch_window` seconds; records each call and when it came."""
+
+    max_batch = 50
+
+    def __init__(self, options: Any, context: voltd.SinkContext) -> None:
+        super().__init__(options, context)
+        self.calls: list[tuple[float, list[str]]] = []
+        self.batch_window = 1.0
+
+    async def send(self, event: voltd.Event) -> None:
+        self.calls.append((time.time(), [event.text or ""]))
+
+    async def send_batch(self, events: Any) -> None:
+        self.calls.append((time.time(), [e.text or "" for e in events]))
+
+
+async def test_a_batch_window_collects_from_arrival_then_sends_everything_at_once(
+    tmp_path: Path,
+) -> None:
+    sink = vt.build_sink(Digest)
+    assert isinstance(sink, Digest)
+    db = SpoolDB(tmp_path / "spool.db")
+    db.insert([(vt.make_event(text="first"), ["s"])])
+    db.close()
+    arrived = time.time()
+    spool = Spool(tmp_path / "spool.db")
+    worker = SinkWorker("s", sink, spool, RetryPolicy(0.05, 0.2, 60), FAST)
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            await nursery.start(run_workers, {"s": worker}, stop, 1.0)
+            await trio.sleep(0.3)
+            # Later events, each waking the worker: they join the window, none ends it.
+            for i in range(3):
+                await spool.store(vt.make_event(text=f"later {i}"), ["s"])
+                await trio.sleep(0.1)
+            assert sink.calls == []
+            with trio.fail_after(10):
+                while (await spool.status())["s"]["delivered"] < 4:  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+            stop.set()
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+    assert [texts for _, texts in sink.calls] == [["first", "later 0", "later 1", "later 2"]]
+    assert sink.calls[0][0] - arrived >= 1.0 - 0.05  # from the first event's arrival
+
+
+async def test_a_full_batch_does_not_wait_for_the_window_and_stopping_ends_the_wait(
+    tmp_path: Path,
+) -> None:
+    sink = vt.build_sink(Digest)
+    assert isinstance(sink, Digest)
+    sink.batch_window = 3600.0
+    db = SpoolDB(tmp_path / "spool.db")
+    db.insert([(vt.make_event(text=str(i)), ["s"]) for i in range(55)])
+    db.close()
+    spool = Spool(tmp_path / "spool.db")
+    worker = SinkWorker("s", sink, spool, RetryPolicy(0.05, 0.2, 60), FAST)
+    stop = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            async with trio.open_nursery() as workers:
+                await workers.start(run_workers, {"s": worker}, stop, 30.0)
+                with trio.fail_after(10):
+                    while (await spool.status())["s"]["delivered"] < 50:  # noqa: ASYNC110
+                        await trio.sleep(0.02)
+                await trio.sleep(0.2)
+                started = trio.current_time()
+                stop.set()  # the worker waits out an hour's window: stopping ends it at once
+            assert trio.current_time() - started < 5.0
+            assert (await spool.status())["s"]["pending"] == 5
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()
+    assert [len(texts) for _, texts in sink.calls] == [50]

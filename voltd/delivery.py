@@ -138,6 +138,10 @@ class SinkWorker:
         #: matters when a backlog drains (one write and fsync per batch for a file).
         self.batch_size = sink.max_batch or self.options.batch_size
         self.batches = sink.takes_batches
+        #: A digest sink's window (`Sink.batch_window`): due events wait until the oldest
+        #: has waited this long since it arrived.
+        self.window = max(0.0, float(getattr(sink, "batch_window", 0.0) or 0.0))
+        self._poke = trio.Event()  # ends a window's wait early: stopping
         #: Sends at once (`concurrency`; 1 keeps the order) and their pace (`rate`).
         self.concurrency = concurrency
         self.pace = Pace(rate) if rate else None
@@ -265,6 +269,12 @@ class SinkWorker:
                 log.error("sink %s: cannot read the spool: %s", self.name, exc)
                 await trio.sleep(opts.idle_poll)
                 continue
+            if due and self.window and len(due) < self.batch_size:
+                until = min(d.received_at for d in due) + self.window
+                if until > time.time():
+                    # A digest collects: new events do not wake it, the window's end does.
+                    await self._hold(until)
+                    continue
             if due:
                 outcomes, failure = await self.attempt(due, record_early=True)
                 if not isinstance(failure, EndpointGone):  # that one has a line of its own
@@ -292,6 +302,20 @@ class SinkWorker:
                 await trio.sleep(opts.linger)
             else:
                 next_retry = await self.spool.next_due_at(self.name)
+
+    async def _hold(self, until: float) -> None:
+        """Wait until `until` (wall clock, as the spool's times), or until stopped."""
+        self._poke = trio.Event()
+        if self.stopping:
+            return
+        with trio.move_on_after(max(0.0, until - time.time())):
+            await self._poke.wait()
+
+    def stop_soon(self) -> None:
+        """Ask the worker to stop: it finishes what is in flight, leaves the rest pending."""
+        self.stopping = True
+        self._poke.set()
+        self.spool.wake(self.name)
 
     async def attempt(
         self, due: Sequence[Due], *, record_early: bool = False
@@ -571,8 +595,7 @@ class Deliveries:
         pending in the spool. Then the sink is closed."""
         worker = self.workers.pop(name)
         scope, done = self._scopes.pop(name)
-        worker.stopping = True
-        worker.spool.wake(name)
+        worker.stop_soon()
         scope.deadline = trio.current_time() + self.grace
         await done.wait()
         await close_sink(name, worker.sink)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 #: The plugin API's version, (major, minor). A new minor adds names and optional parts; only a
 #: new major removes or changes what a plugin may rely on. Check it with `require_api`.
-PLUGIN_API_VERSION: tuple[int, int] = (1, 0)
+PLUGIN_API_VERSION: tuple[int, int] = (1, 1)
 
 
 class SinkError(Exception):
@@ -135,6 +135,8 @@ class Sink(abc.ABC):
     - `max_batch`: the most events one `send_batch` call gets.
     - `allows_concurrency`, `default_rate`: what the `concurrency` and `rate` delivery
       settings may be, and the rate without one.
+    - `batch_window` (API 1.1): collect events for this long before one `send_batch` (a
+      digest), durably: they wait in the spool, not in the sink.
     - `async aclose()`: release what `__init__` opened. It runs at shutdown and when a reload
       replaces the sink; it is given a few seconds, and a failure is logged, never fatal.
 
@@ -152,6 +154,12 @@ class Sink(abc.ABC):
     allows_concurrency: ClassVar[bool] = False
     #: The `rate` used when the config sets none, e.g. "1/s" for a chat webhook.
     default_rate: ClassVar[str | None] = None
+    #: Seconds (API 1.1): when above 0, voltd calls `send_batch` (or `send` for a single
+    #: event) only once the oldest waiting event has waited this long since it arrived, with
+    #: everything waiting then (up to `max_batch`; a full batch goes at once). The events wait
+    #: in the spool meanwhile, so a restart neither loses nor re-collects them: the window
+    #: runs from their arrival. An instance attribute, so an option can set it (a digest).
+    batch_window: float = 0.0
 
     def __init__(self, options: Any, context: SinkContext) -> None:
         self.options = options
