@@ -513,6 +513,18 @@ def test_demo_delivers_into_the_given_directory(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "where each event landed:" in result.stdout
     assert "out/archive/" in result.stdout
+    # The Slack and SMTP stand-ins got the failure and the front desk's text.
+    assert "what Slack received" in result.stdout
+    slack = [json.loads(p.read_text()) for p in sorted((workdir / "out/slack").glob("*.json"))]
+    headers = [m["blocks"][0]["text"]["text"] for m in slack]
+    # One message each, or, when both were waiting at once, one summary of the two.
+    assert headers in (
+        ["Message to front-desk failed to deliver", "New text to front-desk"],
+        ["2 events: 1 failed, 1 received"],
+    )
+    assert "what the SMTP server received (2 mails)" in result.stdout
+    assert "Subject: Message failed to deliver: sales (+15555550145)" in result.stdout
+    assert len(list((workdir / "out/mail").glob("*.eml"))) == 2
     landed = sorted(p for p in (workdir / "out").rglob("*.jsonl"))
     assert landed
     for path in landed:

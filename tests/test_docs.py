@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import json
 import os
@@ -568,3 +569,45 @@ def test_the_guides_example_imports_only_public_names(example: Path) -> None:
             source = (example.parent / relative).read_text(encoding="utf-8")
             problems += private_imports(source, relative)
     assert not problems, "\n".join(problems)
+
+
+# --------------------------------------------------------------------------------------------
+# The README's "Slack and e-mail" section shows what the sinks build today
+
+
+def _render_examples() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "render_examples", ROOT / "docs" / "render_examples.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _readme_block(after: str, lang: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(after)
+    fence = text.index(f"```{lang}\n", start) + len(f"```{lang}\n")
+    return text[fence : text.index("```\n", fence)]
+
+
+def test_the_readme_shows_the_slack_message_the_sink_builds() -> None:
+    render = _render_examples()
+    message = render.slack_message()
+    assert json.loads(_readme_block("the JSON Slack receives", "json")) == message
+    assert json.loads((ROOT / "docs/examples/slack-failed.json").read_text()) == message
+    # The Block Kit Builder link carries exactly these blocks.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"]({render.builder_link(message)})" in readme
+
+
+def test_the_readme_shows_the_mail_the_sink_builds() -> None:
+    render = _render_examples()
+    text, html = render.parts(render.email_message())
+    assert _readme_block("whose text part reads", "text") == text
+    assert (ROOT / "docs/examples/email-failed.txt").read_text(encoding="utf-8") == text
+    assert (ROOT / "docs/examples/email-failed.html").read_text(encoding="utf-8") == html
+    png = ROOT / "docs/examples/email-failed.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "failed to deliver" in text and "Blocked as spam - temporary" in html

@@ -8,6 +8,9 @@ request got and where each event landed.
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
 import json
 import logging
 import os
@@ -23,6 +26,7 @@ import trio
 
 from voltd.daemon import Daemon, configure
 from voltd.keys import generate_signing_pair, make_self_signed_cert
+from voltd.standins import SlackStandIn, SmtpStandIn, SmtpUnavailable
 from voltd.verify import Signer, load_private_key_file
 
 CONFIG = """\
@@ -60,13 +64,13 @@ sinks = ["archive"]
 [[routes]]
 name = "delivery failures"
 match = {{ status = ["failed"] }}
-sinks = ["failures"]
+sinks = ["failures", "ops-slack"{mail_sink}]
 final = true
 
 [[routes]]
 name = "front desk inbound"
 match = {{ number = ["front-desk"], event = ["message.received"] }}
-sinks = ["front-desk"]
+sinks = ["front-desk", "ops-slack"{mail_sink}]
 
 [[routes]]
 name = "sales outbound"
@@ -89,6 +93,27 @@ path = "out/front-desk/{{event}}.jsonl"
 [sinks.sales]
 type = "file"
 path = "out/sales/{{status}}.jsonl"
+
+# A stand-in for Slack on loopback. A real webhook URL is a secret: keep it out of the file,
+# e.g. webhook_url = "${{env:SLACK_OPS_URL}}". Slack takes about a message a second, so the
+# sink's default rate is "1/s", and events that queue up go out as one summary message.
+[sinks.ops-slack]
+type = "slack"
+webhook_url = "{slack_url}"
+timezone = "America/New_York"
+{mail_table}"""
+
+MAIL_TABLE = """
+# A stand-in SMTP server on loopback, plain SMTP: tls = "none" is allowed only without a
+# password or to a loopback host. A real server keeps the default, tls = "starttls".
+[sinks.ops-mail]
+type = "email"
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+from = "voltd@demo.invalid"
+to = ["front-desk@demo.invalid"]
+timezone = "America/New_York"
 """
 
 
@@ -214,10 +239,32 @@ def run_demo(directory: Path | None = None) -> int:
     print(f"voltd demo in {workdir}\n")
     generate_signing_pair(workdir / "keys")
     make_self_signed_cert(workdir / "tls")
-    (workdir / "config.toml").write_text(CONFIG.format(dir=workdir))
-    print("made a throwaway signing key pair (keys/), TLS certificate (tls/) and config.toml")
-
-    sent = trio.run(_drive, workdir)
+    slack = SlackStandIn().start()
+    smtp: SmtpStandIn | None = None
+    try:
+        smtp = SmtpStandIn().start()
+    except SmtpUnavailable as exc:
+        print(f"note: {exc}; the demo goes on without the e-mail sink\n")
+    try:
+        (workdir / "config.toml").write_text(
+            CONFIG.format(
+                dir=workdir,
+                slack_url=slack.url,
+                mail_sink=', "ops-mail"' if smtp else "",
+                mail_table=MAIL_TABLE.format(port=smtp.port) if smtp else "",
+            )
+        )
+        print(
+            "made a throwaway signing key pair (keys/), TLS certificate (tls/) and config.toml;"
+            f"\nstand-ins on loopback: Slack at {slack.url.split('/services')[0]}"
+            + (f", SMTP at {smtp.host}:{smtp.port}" if smtp else "")
+            + "\n"
+        )
+        sent = trio.run(_drive, workdir)
+    finally:
+        slack.stop()
+        if smtp is not None:
+            smtp.stop()
 
     print("\nwhere each event landed:")
     out = workdir / "out"
@@ -231,6 +278,9 @@ def run_demo(directory: Path | None = None) -> int:
         print(f"  {key}")
         for p in paths:
             print(f"      {p}")
+    _show_slack(workdir, slack.messages)
+    if smtp is not None:
+        _show_mail(workdir, smtp.mails)
     ok = sum(1 for s in sent if s.status == 200)
     cmd = "uv run voltd" if "UV" in os.environ else "voltd"  # from a clone, uv runs it
     print(
@@ -241,4 +291,40 @@ def run_demo(directory: Path | None = None) -> int:
         f"\n     {cmd} spool status -c {workdir}/config.toml"
     )
     expected_ok = 6  # four events, one retry, one probe; the three bad requests are refused
-    return 0 if ok == expected_ok and len(landed) == 4 else 1
+    expected_mails = 2 if smtp is not None else 0  # the failure, the front desk's text
+    good = ok == expected_ok and len(landed) == 4 and len(slack.messages) >= 1
+    return 0 if good and (smtp is None or len(smtp.mails) == expected_mails) else 1
+
+
+def _show_slack(workdir: Path, messages: list[dict[str, object]]) -> None:
+    """Print what the Slack stand-in received, and keep it in out/slack/."""
+    print(f"\nwhat Slack received ({len(messages)} message{'s' * (len(messages) != 1)}):")
+    folder = workdir / "out" / "slack"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, message in enumerate(messages, 1):
+        text = json.dumps(message, indent=2, ensure_ascii=False)
+        (folder / f"message{i}.json").write_text(text + "\n")
+        print(f"  out/slack/message{i}.json:")
+        print("\n".join("    " + line for line in text.splitlines()))
+
+
+def _show_mail(workdir: Path, mails: list[tuple[str, list[str], bytes]]) -> None:
+    """Print the mails the SMTP stand-in received (headers and the text part), and keep them
+    in out/mail/ as .eml files a mail program opens."""
+    print(f"\nwhat the SMTP server received ({len(mails)} mail{'s' * (len(mails) != 1)}):")
+    folder = workdir / "out" / "mail"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (sender, recipients, content) in enumerate(mails, 1):
+        (folder / f"mail{i}.eml").write_bytes(content)
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        print(f"  out/mail/mail{i}.eml (from {sender} to {', '.join(recipients)}):")
+        for name in ("Subject", "From", "To", "Message-ID", "In-Reply-To"):
+            if message[name]:
+                print(f"    {name}: {message[name]}")
+        assert isinstance(message, email.message.EmailMessage)
+        body = message.get_body(("plain",))
+        if body is not None:
+            assert isinstance(body, email.message.EmailMessage)
+            print()
+            print("\n".join("    " + line for line in body.get_content().splitlines()))
+        print()
