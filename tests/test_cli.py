@@ -234,7 +234,7 @@ BROKEN = {
         BASE + GOOD_SINK + '\n[sinks.pigeon]\ntype = "carrier-pigeon"\n',
         [
             "config.toml: sinks.pigeon.type: unknown sink type 'carrier-pigeon'",
-            "(available: file, http)",
+            "(available: email, file, http, slack)",
         ],
     ),
 }

@@ -151,9 +151,11 @@ def test_third_party_sink_type_loads_and_builds(tmp_path: Path, public_key: Path
     assert str(info.origin) == f"plugin 'acme' from {plugin}"
     assert set(registry.sink_types) == {
         "acme",
+        "email",
         "file",
         "http",
-    }  # the first-party one is still there
+        "slack",
+    }  # the first-party ones are still there
 
     sinks = build_sinks(config, registry)
     sink: Any = sinks["alerts"]
@@ -181,7 +183,7 @@ def test_plugin_failing_to_import_is_reported_and_others_still_load(
     write_plugin(plugins, "b_good", plugin_source("acme"))
     registry = discover([plugins])
 
-    assert set(registry.sink_types) == {"acme", "file", "http"}
+    assert set(registry.sink_types) == {"acme", "email", "file", "http", "slack"}
     assert len(registry.problems) == 1
     problem = registry.problems[0]
     assert problem.origin == Origin("a_broken", path=str(bad))
@@ -363,7 +365,8 @@ def test_unknown_sink_type_names_file_key_and_available_types(
     )
     config, registry = load_with_plugins(path)
     assert build_errors(config, registry) == [
-        f"{path}: sinks.chat.type: unknown sink type 'slackk' (available: acme, file, http)"
+        f"{path}: sinks.chat.type: unknown sink type 'slackk' "
+        "(available: acme, email, file, http, slack)"
     ]
 
 
@@ -403,7 +406,7 @@ def test_sink_whose_type_was_rejected_names_the_problem(tmp_path: Path, public_k
     [line] = build_errors(config, registry)
     assert line.startswith(f"{path}: sinks.b.type: unknown sink type 'bare'")
     assert "class needs an `Options` pydantic model" in line
-    assert "available: file, http" in line
+    assert "available: email, file, http, slack" in line
 
 
 def test_sink_whose_plugin_failed_to_import_names_the_problem(
@@ -418,7 +421,7 @@ def test_sink_whose_plugin_failed_to_import_names_the_problem(
     # shown: it is the likely reason the type is missing.
     assert f"plugin 'pager' from {plugin}" in line
     assert "failed to import: ModuleNotFoundError" in line
-    assert "available: file, http" in line
+    assert "available: email, file, http, slack" in line
 
 
 def test_bad_file_sink_options_are_reported_per_key(tmp_path: Path, public_key: Path) -> None:

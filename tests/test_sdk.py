@@ -153,10 +153,12 @@ def test_voltd_disable_plugins_blocks_named_plugins(tmp_path: Path) -> None:
     plugin(tmp_path, "works", GOOD.format(name="works"))
     registry = discover(
         [tmp_path],
-        disabled=voltd.plugins.disabled_plugins({"VOLTD_DISABLE_PLUGINS": "works, file http"}),
+        disabled=voltd.plugins.disabled_plugins(
+            {"VOLTD_DISABLE_PLUGINS": "works, file http,slack email"}
+        ),
     )
     assert registry.sink_types == {}
-    assert {o.plugin for o in registry.blocked} == {"works", "file", "http"}
+    assert {o.plugin for o in registry.blocked} == {"works", "file", "http", "slack", "email"}
     assert registry.problems == []
 
 
