@@ -20,12 +20,28 @@ from voltd import __version__, defaults
 log = logging.getLogger("voltd")
 
 
-def _setup_logging(level: str) -> None:
-    # Under systemd, journald adds the time stamp itself.
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+def _setup_logging(level: str, fmt: str = "logfmt") -> None:
+    """Every logger (voltd's and the libraries') to stderr as logfmt or JSON lines, one
+    record per line; under journald with `<N>` priorities and no time stamp (voltd.logs)."""
+    from voltd import logs
+
+    logs.setup(level, fmt, sys.stderr)
+
+
+def _log_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """`--log-level` and `--log-format`, before the command (`voltd --log-format json serve`)
+    or after it (`voltd serve --log-format json`); after it wins."""
+    from voltd.logs import FORMATS, LEVELS
+
+    level: dict[str, Any] = {"default": "info"} if top else {"default": argparse.SUPPRESS}
+    fmt: dict[str, Any] = {"default": FORMATS[0]} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--log-level", choices=LEVELS, help="default: info", **level)
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="logfmt (default) or json: one line per record, tracebacks included",
+        **fmt,
+    )
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -596,7 +612,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voltd", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"voltd {__version__}")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_options(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
@@ -664,12 +680,14 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="the sink type name, e.g. teams")
     new.add_argument("--dir", default=".", help="where to create voltd-NAME/ (default: here)")
     new.set_defaults(func=cmd_plugin_new)
+    for command in sub.choices.values():
+        _log_options(command, top=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     return args.func(args) or 0
 
 
