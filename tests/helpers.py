@@ -205,15 +205,23 @@ class Daemon:
         self.config.write_text(text)
         return self.config
 
-    def start(self, timeout: float = 30.0, preexec_fn: Callable[[], None] | None = None) -> None:
+    def start(
+        self,
+        timeout: float = 30.0,
+        preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start `voltd serve` and wait for READY=1 on its NOTIFY_SOCKET (set for the child
-        only); fail with the last log lines if it exits or times out first."""
+        only; `env` adds to its environment, e.g. WATCHDOG_USEC); fail with the last log
+        lines if it exits or times out first."""
         if not self.config.exists():
             self.configure()
         self._close_notify()
         self._notifications = []
         notify = self._open_notify()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=str(self._notify_path))
+        env = dict(
+            os.environ, **(env or {}), PYTHONUNBUFFERED="1", NOTIFY_SOCKET=str(self._notify_path)
+        )
         self.proc = proc = subprocess.Popen(
             [sys.executable, "-m", "voltd", "serve", "-c", str(self.config)],
             stderr=subprocess.PIPE,

@@ -678,9 +678,9 @@ def test_unreadable_file_secret_and_unknown_kinds(confdir: Path) -> None:
         f"config.toml: sinks.mail.password: cannot read secret file {confdir}/nope.txt: "
         "No such file or directory",
         "config.toml: sinks.mail.token: unknown kind of secret reference '${vault:…}'; "
-        "expected ${env:NAME} or ${file:PATH} (write $${ for a literal ${)",
+        "expected ${env:NAME}, ${file:PATH} or ${cred:NAME} (write $${ for a literal ${)",
         "config.toml: sinks.mail.other: unterminated secret reference '${' without '}'; "
-        "expected ${env:NAME} or ${file:PATH} (write $${ for a literal ${)",
+        "expected ${env:NAME}, ${file:PATH} or ${cred:NAME} (write $${ for a literal ${)",
         "config.toml: sinks.mail.empty: empty secret reference '${env:}'; expected ${env:NAME}",
     ]
 

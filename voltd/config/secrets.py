@@ -1,4 +1,15 @@
-"""Secrets: `${env:NAME}` and `${file:PATH}` resolved before validation, and never echoed.
+"""Secrets: `${env:NAME}`, `${file:PATH}` and `${cred:NAME}` resolved before validation, and
+never echoed.
+
+- `${env:NAME}`: the environment variable NAME.
+- `${file:PATH}`: the content of a file, PATH relative to the config file.
+- `${cred:NAME}`: the systemd credential NAME, i.e. the file `$CREDENTIALS_DIRECTORY/NAME` that
+  systemd makes from `LoadCredential=NAME:/path` (or `LoadCredentialEncrypted=`,
+  `SetCredential=`, ...) in the unit. NAME must be a plain file name. Credentials are set up
+  when the service starts: a changed credential needs `systemctl restart`, not a reload.
+
+A file's (or credential's) one trailing newline (`\n` or `\r\n`) is removed: an editor adds it,
+and it is not part of the secret.
 
 A value that came from a secret must not show up in any message, and the model cannot tell
 which values did. So references are resolved here, on the raw TOML, and `_Secrets` remembers
@@ -16,17 +27,27 @@ from typing import Any, Final
 from voltd.config.errors import _BARE_KEY, Loc, _Invalid, format_key_path, one_line
 from voltd.config.paths import _absolute, _open_error
 
-#: What a message says instead of a value that came from a `${env:…}`/`${file:…}` secret.
+#: What a message says instead of a value that came from a `${env:…}`/`${file:…}`/`${cred:…}`
+#: secret.
 _HIDDEN: Final = "value hidden: it comes from a secret"
 
 #: Stands in for a value whose secret could not be resolved, so it is not judged twice.
 _BROKEN: Final = object()
 _REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-_SECRET_HELP: Final = "expected ${env:NAME} or ${file:PATH} (write $${ for a literal ${)"
+_SECRET_HELP: Final = (
+    "expected ${env:NAME}, ${file:PATH} or ${cred:NAME} (write $${ for a literal ${)"
+)
+#: The kinds of reference and what each one's argument is called in messages.
+_KINDS: Final = {"env": "NAME", "file": "PATH", "cred": "NAME"}
+#: The environment variable systemd sets to the directory holding the service's credentials.
+_CREDENTIALS_DIRECTORY: Final = "CREDENTIALS_DIRECTORY"
+#: Files larger than this are not secrets; only this much is read.
+_MAX_SECRET_BYTES: Final = 1 << 20
 
 
 class _Secrets:
-    """Resolves `${env:…}`/`${file:…}` in every string, remembering where secrets went."""
+    """Resolves `${env:…}`/`${file:…}`/`${cred:…}` in every string, remembering where
+    secrets went."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -72,28 +93,66 @@ class _Secrets:
 
     def _resolve(self, reference: str) -> str:
         kind, sep, arg = (part.strip() for part in reference.partition(":"))
-        if not sep or kind not in ("env", "file"):
+        if not sep or kind not in _KINDS:
             shown = kind if _BARE_KEY.fullmatch(kind or "-") and len(kind) <= 20 else "?"
             raise _Invalid(f"unknown kind of secret reference '${{{shown}:…}}'; {_SECRET_HELP}")
         if not arg:
-            what = "NAME" if kind == "env" else "PATH"
+            what = _KINDS[kind]
             raise _Invalid(f"empty secret reference '${{{kind}:}}'; expected ${{{kind}:{what}}}")
         if kind == "env":
             if arg not in os.environ:
                 raise _Invalid(f"environment variable {one_line(arg)} is not set")
             return os.environ[arg]
-        path = _absolute(self.base, arg)
-        try:
-            with open(path, "rb") as f:
-                content = f.read(1 << 20).decode("utf-8")
-        except UnicodeDecodeError:  # a ValueError too: caught first
-            raise _Invalid(f"secret file {one_line(str(path))} is not UTF-8 text") from None
-        except (OSError, ValueError) as e:
-            shown = one_line(str(path))
-            raise _Invalid(f"cannot read secret file {shown}: {_open_error(e)}") from None
-        if content.endswith("\n"):  # the newline an editor adds is not part of the secret
-            content = content[:-2] if content.endswith("\r\n") else content[:-1]
-        return content
+        if kind == "cred":
+            return _read_credential(arg)
+        return _read_secret_file(_absolute(self.base, arg), "secret file")
+
+
+def _read_credential(name: str) -> str:
+    """The systemd credential `name`: `$CREDENTIALS_DIRECTORY/name`, as `${file:}` reads it."""
+    if name in (".", "..") or "/" in name or "\0" in name:
+        raise _Invalid(
+            f"credential name {_quoted(name)} in '${{cred:…}}' is not a plain file name; "
+            "expected ${cred:NAME} with the NAME of a LoadCredential=NAME:/path line "
+            "(no '/', not '.' or '..')"
+        )
+    directory = os.environ.get(_CREDENTIALS_DIRECTORY)
+    if not directory:
+        raise _Invalid(
+            f"cannot read credential {_quoted(name)}: ${_CREDENTIALS_DIRECTORY} is not set: "
+            "not running under systemd with LoadCredential=; expected the unit to have "
+            f"LoadCredential={one_line(name)}:/path/to/file (or set {_CREDENTIALS_DIRECTORY} "
+            f"to a directory holding a file {_quoted(name)}, e.g. to run `voltd check` by hand)"
+        )
+    path = Path(os.path.abspath(directory)) / name
+    if not os.path.lexists(path):
+        raise _Invalid(
+            f"credential {_quoted(name)} not found: no file {one_line(str(path))}; expected "
+            f"LoadCredential={one_line(name)}:/path/to/file in the unit (or "
+            "LoadCredentialEncrypted=/SetCredential=)"
+        )
+    return _read_secret_file(path, "credential file", "; expected UTF-8 text")
+
+
+def _read_secret_file(path: Path, what: str, not_text_hint: str = "") -> str:
+    """A secret file's text, without the one trailing newline an editor adds."""
+    try:
+        with open(path, "rb") as f:
+            content = f.read(_MAX_SECRET_BYTES).decode("utf-8")
+    except UnicodeDecodeError:  # a ValueError too: caught first
+        shown = one_line(str(path))
+        raise _Invalid(f"{what} {shown} is not UTF-8 text{not_text_hint}") from None
+    except (OSError, ValueError) as e:
+        shown = one_line(str(path))
+        raise _Invalid(f"cannot read {what} {shown}: {_open_error(e)}") from None
+    if content.endswith("\n"):  # the newline an editor adds is not part of the secret
+        content = content[:-2] if content.endswith("\r\n") else content[:-1]
+    return content
+
+
+def _quoted(name: str) -> str:
+    """A credential name for a message: quoted, escaped when it holds a line break."""
+    return f"'{name}'" if name.isprintable() and "'" not in name else repr(name)
 
 
 def _from_secret(value: Any, secrets: Collection[str]) -> bool:
