@@ -342,7 +342,8 @@ class EmailOptions(voltd.SinkOptions):
     password: Annotated[str | None, voltd.Secret()] = pydantic.Field(
         None,
         repr=False,
-        description="the password for username; a secret: use ${env:NAME} or ${file:PATH}",
+        description="the password for username; a secret: use ${cred:NAME}, ${env:NAME} or "
+        "${file:PATH}",
     )
     sender: str = pydantic.Field(
         alias="from",

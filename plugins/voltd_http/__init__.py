@@ -213,7 +213,7 @@ class HttpSink(voltd.Sink):
             repr=False,
             description="sign each request as Standard Webhooks (webhook-id, -timestamp, "
             "-signature headers) with this whsec_<base64> secret, or a list of two while "
-            "rotating; a secret: use ${env:NAME} or ${file:PATH}",
+            "rotating; a secret: use ${cred:NAME}, ${env:NAME} or ${file:PATH}",
         )
         forward_volt_signature: bool = pydantic.Field(
             False,

@@ -12,8 +12,9 @@ imports only voltd's public plugin API, so it is also an example to copy:
 
 Make the webhook in Slack (an app with "Incoming Webhooks", "Add New Webhook to Workspace",
 pick the channel). Its URL holds the token that lets anyone post there: keep it in the
-environment or a file (`${env:NAME}`, `${file:PATH}`). voltd never logs it and never shows it
-in an error or in `voltd check` (`***`); errors name the endpoint as `https://hooks.slack.com`.
+environment, a file or a systemd credential (`${env:NAME}`, `${file:PATH}`, `${cred:NAME}`).
+voltd never logs it and never shows it in an error or in `voltd check` (`***`); errors name
+the endpoint as `https://hooks.slack.com`.
 `webhook_url` must be `https://` with a host; `http://` is accepted only for 127.0.0.1, ::1
 and localhost (a local stand-in for tests and demos). `timeout`, `ca_file`, `client_cert`,
 `client_key`, `verify_tls` and `follow_redirects` work as for the `http` sink.
@@ -240,8 +241,8 @@ class SlackSink(voltd.Sink):
         webhook_url: Annotated[str, voltd.Secret()] = pydantic.Field(
             repr=False,
             description="the Slack incoming webhook URL (https://hooks.slack.com/services/…); "
-            "a secret: write it as ${env:NAME} or ${file:PATH}; http:// only for a loopback "
-            "host (tests)",
+            "a secret: write it as ${cred:NAME}, ${env:NAME} or ${file:PATH}; http:// only for "
+            "a loopback host (tests)",
         )
         template: MrkdwnTemplate | None = pydantic.Field(
             None,
