@@ -59,12 +59,13 @@ def _load(path: str) -> Any:
         raise SystemExit(2) from None
 
 
-def _configure(path: str) -> Any:
+def _configure(path: str, *, write_key_cache: bool = False) -> Any:
+    """`serve` keeps the fetched key's cache; `check` looks without writing anything."""
     from voltd.config import ConfigError
     from voltd.daemon import configure
 
     try:
-        return configure(path)
+        return configure(path, write_key_cache=write_key_cache)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         raise SystemExit(2) from None
@@ -90,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from voltd.daemon import Daemon
     from voltd.spool import SpoolError
 
-    plan = _configure(args.config)
+    plan = _configure(args.config, write_key_cache=True)
     for problem in plan.registry.problems:
         log.warning("%s", problem)
     daemon = Daemon(plan)

@@ -24,12 +24,14 @@ from typing import Any
 
 import trio
 from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import CollectorRegistry
 from quart_trio import QuartTrio
 
-from voltd import systemd, workarounds
+from voltd import __version__, systemd, workarounds
 from voltd.config import Config, load
 from voltd.config.values import Rate
 from voltd.delivery import Deliveries, DeliveryOptions, RetryPolicy, SinkWorker
+from voltd.metrics import Metrics
 from voltd.plugins import Registry, build_sinks, close_sink, discover, number_names
 from voltd.server import (
     Ingest,
@@ -46,6 +48,8 @@ from voltd.stall import StallWatch
 log = logging.getLogger("voltd.daemon")
 
 PURGE_EVERY = 600.0
+#: How often `STATUS=` (what `systemctl status` shows) is brought up to date, in seconds.
+STATUS_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,16 @@ class Plan:
     sinks: dict[str, Sink]
 
 
-def configure(path: str | Path) -> Plan:
+def configure(path: str | Path, *, write_key_cache: bool = False) -> Plan:
     """The configuration file, the plugins it can use and its sinks built: where `serve`,
-    `check`, a SIGHUP reload and the demo all start. Raises ConfigError with every problem."""
-    config = load(path)
+    `check`, a SIGHUP reload and the demo all start. Raises ConfigError with every problem.
+
+    `[verify] public_key_url` is fetched here (voltd.keyfetch, synchronous, 10 s at most);
+    `write_key_cache` stores the result in the state directory: serve and reload set it,
+    `check` must not."""
+    from voltd.keyfetch import add_url_keys
+
+    config = add_url_keys(load(path), write_cache=write_key_cache)
     registry = discover(config.plugin_dirs)
     return Plan(config, registry, build_sinks(config, registry))
 
@@ -103,8 +113,10 @@ class Daemon:
     admin_urls: list[str] = field(default_factory=list)
     ingest: Ingest | None = None
     deliveries: Deliveries | None = None
+    metrics: Metrics | None = None  # made by `run` in a registry of its own, unless given
     _app: QuartTrio | None = None
     _tls: _HypercornConfig | None = None
+    _startup: systemd.StartupExtender = field(default_factory=systemd.StartupExtender)
 
     @property
     def config(self) -> Config:
@@ -121,17 +133,28 @@ class Daemon:
         task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         workarounds.apply()
-        spool = Spool(self.config.spool.path)
+        # Opening (and migrating) a large spool blocks: systemd is asked for more time while
+        # it takes long, until READY=1.
+        self._startup = systemd.StartupExtender().__enter__()
         try:
-            await self._run(spool, handle_signals, task_status)
+            spool = Spool(self.config.spool.path)
+            try:
+                await self._run(spool, handle_signals, task_status)
+            finally:
+                spool.close()
         finally:
-            spool.close()
+            self._startup.__exit__(None, None, None)
 
     async def _run(
         self, spool: Spool, handle_signals: bool, task_status: trio.TaskStatus[Daemon]
     ) -> None:
         cfg = self.config
-        self.ingest = ingest = Ingest(IngestSettings.from_config(cfg), spool)
+        if self.metrics is None:
+            self.metrics = Metrics(CollectorRegistry(), __version__)
+        metrics = self.metrics
+        self.ingest = ingest = Ingest(
+            IngestSettings.from_config(cfg), spool, metrics=metrics.requests
+        )
         serving = False
         for sink, counts in (await spool.status()).items():
             if sink not in self.sinks and counts["pending"]:
@@ -146,12 +169,18 @@ class Daemon:
             if handle_signals:
                 await core.start(self._signals)
             core.start_soon(self._purge_loop, spool)
+            interval = systemd.watchdog_interval()
+            if interval is not None:
+                # WATCHDOG=1 only while the loop turns and the spool takes a commit.
+                core.start_soon(systemd.watchdog, interval, spool.flush)
             core.start_soon(StallWatch(self._stalled_sink).run)
             stop_delivery = trio.Event()
             self.deliveries = Deliveries(self.delivery_grace)
             async with trio.open_nursery() as delivery:
                 await delivery.start(self.deliveries.run, stop_delivery)
                 await self._apply(self.plan, first=True)
+                metrics.configured(reload=False, ok=True)
+                metrics.watch(spool.gauges, self._sink_status)
                 async with trio.open_nursery() as http:
                     http.start_soon(_announce_stopping, self.shutdown)
                     self._app = app = make_webhook_app(
@@ -166,7 +195,9 @@ class Daemon:
                     )
                     self.webhook_urls = [b + cfg.server.path for b in binds]
                     if cfg.admin.bind is not None:
-                        admin = make_admin_app(spool, ingest, lambda: serving, self._sink_status)
+                        admin = make_admin_app(
+                            spool, ingest, lambda: serving, self._sink_status, metrics
+                        )
                         self.admin_urls = await http.start(
                             partial(
                                 hypercorn_serve,
@@ -184,8 +215,10 @@ class Daemon:
                     for url in self.webhook_urls:
                         log.info("serving webhooks on %s", url)
                     for url in self.admin_urls:
-                        log.info("admin (healthz) on %s", url)
+                        log.info("admin (healthz, metrics) on %s", url)
+                    self._startup.__exit__(None, None, None)
                     systemd.notify(self._ready_message())
+                    core.start_soon(self._status_loop, spool)
                     task_status.started(self)
                 serving = False
                 log.info("listeners closed; letting in-flight deliveries finish")
@@ -201,6 +234,27 @@ class Daemon:
         if self.admin_urls:
             status += "; admin on " + " ".join(self.admin_urls)
         return f"READY=1\nSTATUS={status}"
+
+    async def _status_loop(self, spool: Spool) -> None:
+        """`STATUS=` for `systemctl status`: where it listens and what waits, when it changes."""
+        said = None
+        while True:
+            await trio.sleep(STATUS_EVERY)
+            try:
+                counts = await spool.gauges()
+            except SpoolError:
+                continue
+            pending = sum(n for n, _, _ in counts.values())
+            dead = sum(d for _, d, _ in counts.values())
+            disabled = sorted(n for n, w in self._sink_status().items() if w["state"] == "disabled")
+            text = f"serving on {' '.join(self.webhook_urls)}; {pending} pending"
+            if dead:
+                text += f", {dead} dead letters"
+            if disabled:
+                text += f"; disabled: {', '.join(disabled)}"
+            if text != said:
+                systemd.status(text)
+                said = text
 
     def _sink_status(self) -> dict[str, Any]:
         """Each sink's state for /healthz: ok, paused or disabled, and why."""
@@ -238,17 +292,30 @@ class Daemon:
         Routes, numbers, verification, limits, retry, sinks and the TLS certificate change
         in place; listeners and the spool file need a restart, which is said in the log.
         """
+        systemd.reloading()  # then READY=1 either way: what Type=notify-reload expects
+        try:
+            return await self._reload()
+        finally:
+            systemd.notify("READY=1\nSTATUS=" + self._ready_message().split("STATUS=", 1)[1])
+
+    async def _reload(self) -> bool:
         from voltd.config import ConfigError
 
         try:
-            plan = await trio.to_thread.run_sync(configure, self.config.source)
+            plan = await trio.to_thread.run_sync(
+                partial(configure, self.config.source, write_key_cache=True)
+            )
         except ConfigError as exc:
             log.error("reload refused, the running configuration stays:\n%s", exc)
+            if self.metrics is not None:
+                self.metrics.configured(reload=True, ok=False)
             return False
         for key, get in _RESTART_ONLY:
             if get(self.config) != get(plan.config):
                 log.warning("reload: a change of %s takes a restart; still using the old one", key)
         changed = await self._apply(plan)
+        if self.metrics is not None:
+            self.metrics.configured(reload=True, ok=True)
         log.info(
             "configuration reloaded: %d routes, %d sinks (%s)",
             len(plan.config.routes),
@@ -303,6 +370,7 @@ class Daemon:
                 origin=origin,
                 concurrency=new.sinks[name].delivery.concurrency,
                 rate=sink_rate(new, name, sink),
+                metrics=self.metrics.sink(name) if self.metrics is not None else None,
             )
             await deliveries.start(worker)
             sinks[name] = sink

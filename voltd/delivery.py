@@ -24,6 +24,7 @@ import trio
 
 from voltd.defaults import RETRY_GIVE_UP_AFTER, RETRY_INITIAL, RETRY_MAX_DELAY
 from voltd.events import with_names
+from voltd.metrics import SinkMetrics
 from voltd.plugins import close_sink
 from voltd.sink import EndpointGone, PermanentError, RetryableError, Sink, SinkError
 from voltd.spool import Due, Outcome, SinkChange, Spool, SpoolError, State
@@ -112,8 +113,11 @@ class SinkWorker:
         origin: str = "",
         concurrency: int = 1,
         rate: float | None = None,
+        metrics: SinkMetrics | None = None,
     ) -> None:
         self.name = name
+        #: Outcomes, sink call durations and delivery latency (voltd.metrics), bound once.
+        self.metrics = metrics or SinkMetrics.nothing()
         self.sink = sink
         self.spool = spool
         self.policy = policy
@@ -338,17 +342,21 @@ class SinkWorker:
             await self.pace.wait()
         self.in_flight += len(due)
         self._publish()
+        started = time.perf_counter()
         try:
             with trio.fail_after(self.options.attempt_timeout):
                 await self.sink.send_batch([d.event for d in due])
         except PermanentError:
+            self.metrics.attempt.observe(time.perf_counter() - started)
             # One undeliverable event must not take its neighbours down with it.
             return await self._one_by_one(due, record_early)
         except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+            self.metrics.attempt.observe(time.perf_counter() - started)
             exc = self._unexpected(_timeout_or(exc, self.options))
             return [self._failed(d, exc, permanent=False) for d in due], exc
         finally:
             self.in_flight -= len(due)
+        self.metrics.attempt.observe(time.perf_counter() - started)
         return [self._delivered(d) for d in due], None
 
     async def _send_one(self, d: Due, early: bool) -> tuple[Outcome | None, Exception | None]:
@@ -358,15 +366,19 @@ class SinkWorker:
             await self.pace.wait()
         self.in_flight += 1
         self._publish()
+        started = time.perf_counter()
         try:
             with trio.fail_after(self.options.attempt_timeout):
                 await self.sink.send(d.event)
         except PermanentError as exc:
+            self.metrics.attempt.observe(time.perf_counter() - started)
             return self._failed(d, exc, permanent=True), None
         except Exception as exc:  # noqa: BLE001 - any sink failure is retryable by contract
+            self.metrics.attempt.observe(time.perf_counter() - started)
             return None, self._unexpected(_timeout_or(exc, self.options))
         finally:
             self.in_flight -= 1
+        self.metrics.attempt.observe(time.perf_counter() - started)
         outcome = self._delivered(d)
         if not early:
             return outcome, None
@@ -497,6 +509,9 @@ class SinkWorker:
         return self._enabled_at is None or now - self._enabled_at >= self.policy.give_up_after
 
     def _delivered(self, d: Due) -> Outcome:
+        m = self.metrics
+        m.delivered.inc()
+        m.latency.observe(time.time() - d.received_at)
         return Outcome(self.name, d.event.seq or 0, State.DELIVERED, d.attempts + 1)
 
     def _failed(self, d: Due, exc: BaseException, *, permanent: bool) -> Outcome:
@@ -505,9 +520,12 @@ class SinkWorker:
         seq = d.event.seq or 0
         err = _describe(exc)
         if isinstance(exc, EndpointGone):  # waits, due again when the sink is enabled
+            self.metrics.retry.inc()
             return Outcome(self.name, seq, State.PENDING, attempts, now, err)
         if permanent or (now - d.received_at >= self.policy.give_up_after and self._gives_up(now)):
+            self.metrics.dead.inc()
             return Outcome(self.name, seq, State.DEAD, attempts, now, err)
+        self.metrics.retry.inc()
         return Outcome(
             self.name, seq, State.PENDING, attempts, now + self.policy.delay(attempts), err
         )
@@ -546,6 +564,7 @@ class SinkWorker:
             try:
                 expired = await self.spool.record(outcomes, change)
                 if expired and change is not None:
+                    self.metrics.dead.inc(expired)
                     self._log_dead(expired, change.error)
                 return
             except SpoolError as exc:

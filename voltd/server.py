@@ -22,9 +22,11 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from quart import Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
 
 from voltd import events as events_mod
 from voltd.config import Config
+from voltd.metrics import Inc, Metrics, RequestMetrics
 from voltd.routing import Router
 from voltd.spool import Spool, SpoolError
 from voltd.verify import Verifier, too_old
@@ -81,15 +83,16 @@ class Ingest:
     spool: Spool
     counters: Counter[str] = field(default_factory=Counter)
     throttle: _Throttle = field(default_factory=_Throttle)
+    metrics: RequestMetrics = field(default_factory=RequestMetrics.nothing)
 
-    def _reject(self, status: int, reason: str, detail: str) -> Response:
+    def _reject(self, status: int, reason: str, detail: str) -> tuple[Response, Inc]:
         self.counters[f"rejected_{reason}"] += 1
         if self.throttle.allow(reason):
             log.info("%d %s from %s: %s", status, reason, request.remote_addr, detail)
         body = json.dumps({"ok": False, "error": detail}).encode()
-        return Response(body, status=status, content_type=JSON)
+        return Response(body, status=status, content_type=JSON), self.metrics.status(status)
 
-    def _probe(self, kind: str | None, signed: bool) -> Response:
+    def _probe(self, kind: str | None, signed: bool) -> tuple[Response, Inc]:
         self.counters["probes"] += 1
         if self.throttle.allow("probe"):  # unsigned, so anyone can send them: never a flood
             log.info(
@@ -98,16 +101,31 @@ class Ingest:
                 kind,
                 request.remote_addr,
             )
-        return Response(b'{"ok": true, "probe": true}', status=200, content_type=JSON)
+        answer = Response(b'{"ok": true, "probe": true}', status=200, content_type=JSON)
+        return answer, self.metrics.probe
 
     async def handle(self) -> Response:
         self.spool.incoming += 1
+        m = self.metrics
+        started = time.perf_counter()
+        outcome: Inc | None = None  # a request cut off (cancelled) is not counted
         try:
-            return await self._handle()
+            response, outcome = await self._handle()
+            return response
+        except HTTPException as exc:  # from reading the body: 413, 408
+            outcome = m.status(exc.code)
+            raise
+        except Exception:
+            outcome = m.status(500)
+            raise
         finally:
             self.spool.incoming -= 1
+            if outcome is not None:
+                outcome.inc()
+                m.duration.observe(time.perf_counter() - started)
 
-    async def _handle(self) -> Response:
+    async def _handle(self) -> tuple[Response, Inc]:
+        """The answer, and the counter of its outcome."""
         body = await request.get_data(
             cache=False, as_text=False, parse_form_data=False
         )  # 413 above max_body_bytes
@@ -139,17 +157,19 @@ class Ingest:
         except SpoolError as exc:
             self.counters["spool_errors"] += 1
             body = json.dumps({"ok": False, "error": f"cannot store: {exc}"}).encode()
-            return Response(body, status=503, content_type=JSON)
+            return Response(body, status=503, content_type=JSON), self.metrics.status(503)
         if stored.duplicate:
             self.counters["duplicates"] += 1
             log.debug("duplicate %s, not routed again", event.id)
-            out = {"ok": True, "id": event.id, "duplicate": True}
+            out: dict[str, Any] = {"ok": True, "id": event.id, "duplicate": True}
+            outcome = self.metrics.duplicate
         else:
             self.counters["accepted"] += 1
             if not sinks and self.throttle.allow("unrouted"):
                 log.info("event %s matched no route and there is no [defaults] unmatched", event.id)
             out = {"ok": True, "id": event.id}
-        return Response(json.dumps(out).encode(), status=200, content_type=JSON)
+            outcome = self.metrics.accepted
+        return Response(json.dumps(out).encode(), status=200, content_type=JSON), outcome
 
 
 def make_webhook_app(ingest: Ingest, path: str, max_body_bytes: int) -> QuartTrio:
@@ -175,6 +195,7 @@ def make_admin_app(
     ingest: Ingest,
     serving: Callable[[], bool],
     sinks: Callable[[], dict[str, Any]] = dict,
+    metrics: Metrics | None = None,
 ) -> QuartTrio:
     app = QuartTrio("voltd-admin")
 
@@ -200,6 +221,16 @@ def make_admin_app(
         )
 
     app.add_url_rule("/healthz", "healthz", healthz, methods=["GET"])
+
+    if metrics is not None:
+        exposition = metrics.exposition
+
+        async def scrape() -> Response:
+            # The spool's counts are read on a thread first; the rendering itself is quick.
+            body, content_type = await exposition(request.headers.get("Accept"))
+            return Response(body, status=200, content_type=content_type)
+
+        app.add_url_rule("/metrics", "metrics", scrape, methods=["GET"])
     return app
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -96,3 +97,33 @@ async def watchdog(interval: float, alive: Callable[[], Awaitable[object]]) -> N
                 interval,
             )
         await trio.sleep_until(started + interval)
+
+
+class StartupExtender:
+    """While start-up runs long (a large spool being opened and checked), ask systemd for more
+    time every `every` seconds, so `TimeoutStartSec=` measures a start that hangs, not one
+    that works through a big spool. A thread, because the slow part blocks the event loop;
+    a normal start ends before its first message and sends nothing."""
+
+    def __init__(self, every: float = 10.0, extend: float = 30.0) -> None:
+        self.every, self.extend = every, extend
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> StartupExtender:
+        if os.environ.get("NOTIFY_SOCKET"):
+            self._thread = threading.Thread(target=self._run, name="voltd start-up", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            took = time.monotonic() - self.started
+            extend_timeout(self.extend)
+            status(f"starting: opening and checking the spool ({took:.0f} s so far)")

@@ -1,4 +1,5 @@
-"""Checks that involve several keys: the TLS pair, listener ports, retry delays, route names.
+"""Checks that involve several keys: the TLS pair, a key to verify with, listener ports, retry
+delays, route names.
 
 The model judges each key on its own. These run beside it on the raw values, even when a key
 they read is wrong (that is reported at the key), taking a missing or wrong value as its
@@ -21,6 +22,11 @@ from voltd.defaults import ADMIN_BIND, RETRY_INITIAL, RETRY_MAX_DELAY, SERVER_BI
 
 _TLS_HELP: Final = "set both for HTTPS, or neither for plain HTTP behind a TLS proxy"
 _AFTER_TLS: Final = ("server", "keyfile", 0)  # TLS problems are listed after both paths
+#: Neither public_keys nor public_key_url: nothing could verify a signature.
+NO_KEYS: Final = (
+    "missing: expected at least one public key file, e.g. "
+    'public_keys = ["volt_id_rsa.pub"] (Volt publishes it as id_rsa.pub)'
+)
 
 
 def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -43,6 +49,7 @@ def _cross_checks(
     routes = data.get("routes")
     return [
         *_tls_checks(server, base, secrets),
+        *_verify_checks(data),
         *_bind_checks(server, admin, secrets),
         *_retry_checks(retry, secrets),
         *_sink_retry_checks(_table(data, "sinks"), retry, secrets),
@@ -77,6 +84,28 @@ def _tls_checks(
         if problem is not None:
             out.append((("server", problem[0]), problem[1], _AFTER_TLS))
     return out
+
+
+def _verify_checks(data: dict[str, Any]) -> list[tuple[Loc, str, Loc]]:
+    """A key to verify with, from files or from the URL; the URL's own keys only with it."""
+    if "verify" in data and not isinstance(data["verify"], dict):
+        return []  # the model says it is not a table
+    verify = _table(data, "verify")
+    if "public_keys" not in verify and "public_key_url" not in verify:
+        at: Loc = ("verify", "public_keys")
+        return [(at, NO_KEYS, at)]
+    if "public_key_url" in verify:
+        return []
+    return [
+        (
+            ("verify", key),
+            f"{key} only applies to the key fetched from public_key_url, which is not set; "
+            "expected public_key_url too, or remove this key",
+            ("verify", key),
+        )
+        for key in ("public_key_ca_file", "public_key_fingerprints")
+        if key in verify
+    ]
 
 
 def _bind_checks(

@@ -42,8 +42,6 @@ from voltd.config.secrets import _HIDDEN, _Secrets
 from voltd.config.values import _or_none, normalize_number
 
 _MISSING: Final = {
-    ("verify", "public_keys"): "missing: expected at least one public key file, e.g. "
-    'public_keys = ["volt_id_rsa.pub"] (Volt publishes it as id_rsa.pub)',
     ("routes", "sinks"): "missing: expected the sinks this route delivers to, "
     'e.g. sinks = ["archive"]',
     ("sinks", "type"): 'missing: every sink needs a type, e.g. type = "file"',

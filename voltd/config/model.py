@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, NamedTuple, TypeAlias
+from urllib.parse import urlsplit
 
 import pydantic
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -28,7 +30,7 @@ from pydantic import (
 )
 
 from voltd.config.errors import _Invalid, _short_repr, format_key_path, one_line
-from voltd.config.paths import _absolute, _path_note
+from voltd.config.paths import _absolute, _path_note, _readable
 from voltd.config.secrets import _HIDDEN
 from voltd.config.values import (
     BindAddress,
@@ -209,6 +211,57 @@ def _key_file(value: Any, info: ValidationInfo) -> _KeyFile:
         raise _Invalid(f"{e} {note}", show_input=False) from None
 
 
+def _https_url(value: Any) -> str:
+    """An absolute https:// URL. The URL itself is never shown: only its host may be logged."""
+    text = _text(value)
+    try:
+        parts = urlsplit(text.strip())
+        host = parts.hostname
+        _ = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        host = None
+    example = "like https://callbacks.respondflow.com/id_rsa.pub"
+    if any(c.isspace() or not c.isprintable() for c in text.strip()) or not host:
+        raise _Invalid(f"expected an https:// URL {example}", show_input=False)
+    if parts.scheme.lower() == "http":
+        raise _Invalid(
+            "plain http:// is refused: anyone on the way could hand us their own key; "
+            f"expected an https:// URL {example}",
+            show_input=False,
+        )
+    if parts.scheme.lower() != "https":
+        raise _Invalid(f"expected an https:// URL {example}", show_input=False)
+    return text.strip()
+
+
+def _ca_file(value: Any, info: ValidationInfo) -> Path:
+    """A PEM file of CA certificates the key URL's certificate is checked against."""
+    path = _path(value, info)
+    secret = value in _context(info)["secrets"]
+    _readable(path, secret=secret)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, ValueError, OSError):
+        why = "no PEM CA certificate in this file; expected '-----BEGIN CERTIFICATE-----'"
+        raise _Invalid(f"{why} {_path_note(path, secret)}", show_input=False) from None
+    return path
+
+
+#: What `ssh-keygen -lf` prints for a key: SHA256 and 43 characters of unpadded base64.
+_FINGERPRINT = re.compile(r"SHA256:([A-Za-z0-9+/]{43})=?")
+
+
+def _fingerprint(value: Any) -> str:
+    text = _text(value).strip()
+    m = _FINGERPRINT.fullmatch(text[:7].upper() + text[7:])
+    if m is None:
+        raise _Invalid(
+            'expected a key fingerprint like "SHA256:" and 43 characters, as '
+            "`ssh-keygen -lf volt-key-cache.pub` and voltd's log print it"
+        )
+    return f"SHA256:{m.group(1)}"
+
+
 def _sink_name(value: Any, info: ValidationInfo) -> str:
     sinks = _context(info)["sinks"]
     if _text(value) in sinks:
@@ -321,6 +374,7 @@ if TYPE_CHECKING:
     # pydantic types at run time, which a static checker cannot follow.
     _Binds = list[BindAddress]
     _KeyFiles = list[_KeyFile]
+    _Fingerprints = list[str]
     _Dirs = list[Path]
     _SinkNames = list[str]
     _Values: TypeAlias = list[tuple[str | None, str]] | None
@@ -340,6 +394,9 @@ else:
         Annotated[InstanceOf[_KeyFile], BeforeValidator(_key_file)],
         "a file path",
         "expected at least one public key file",
+    )
+    _Fingerprints = _many(
+        Annotated[str, BeforeValidator(_fingerprint)], 'a key fingerprint ("SHA256:…")'
     )
     _Dirs = _many(Annotated[Path, BeforeValidator(_directory)], "a directory path")
     _SinkNames = _many(_SinkName, "a sink name", "expected at least one sink name")
@@ -409,9 +466,17 @@ class AdminConfig(_Table):
 
 
 class VerifyConfig(_Table):
-    """How signatures are checked; `keys` are the loaded `public_keys`, same order."""
+    """How signatures are checked; `keys` are the loaded `public_keys`, same order, then the
+    keys `voltd.keyfetch` took from `public_key_url` (`with_url_keys`; none after `load`).
 
-    key_files: _KeyFiles = pydantic.Field(alias="public_keys")
+    `public_keys` or `public_key_url` is required (see `checks`); `public_key_ca_file` and
+    `public_key_fingerprints` only go with `public_key_url`.
+    """
+
+    key_files: _KeyFiles = pydantic.Field(default_factory=list, alias="public_keys")
+    public_key_url: Annotated[str, BeforeValidator(_https_url)] | None = None
+    public_key_ca_file: Annotated[Path, BeforeValidator(_ca_file)] | None = None
+    public_key_fingerprints: _Fingerprints = []
     header: Annotated[str, _when(_HEADER_NAME.fullmatch, "expected an HTTP header name")] = (
         SIGNATURE_HEADER
     )
@@ -428,9 +493,22 @@ class VerifyConfig(_Table):
     def public_keys(self) -> list[Path]:
         return [k.path for k in self.key_files]
 
+    _url_keys: tuple[RSAPublicKey, ...] = pydantic.PrivateAttr(())
+
     @property
     def keys(self) -> list[RSAPublicKey]:
-        return [k.key for k in self.key_files]
+        return [k.key for k in self.key_files] + list(self._url_keys)
+
+    @property
+    def url_keys(self) -> list[RSAPublicKey]:
+        """The keys taken from `public_key_url` (fetched or cached), beside `public_keys`."""
+        return list(self._url_keys)
+
+    def with_url_keys(self, keys: list[RSAPublicKey]) -> VerifyConfig:
+        """A copy that also verifies with `keys`, fetched from `public_key_url`."""
+        copy = self.model_copy()
+        copy._url_keys = tuple(keys)
+        return copy
 
 
 class SpoolConfig(_Table):
@@ -547,7 +625,7 @@ class _File(_Table):
 
     server: ServerConfig = _SECTION
     admin: AdminConfig = _SECTION
-    verify: VerifyConfig = _SECTION  # validated when absent too: public_keys is required
+    verify: VerifyConfig = _SECTION  # public_keys or public_key_url is required: see checks
     spool: SpoolConfig = _SECTION
     retry: RetryConfig = _SECTION
     numbers: Annotated[
