@@ -327,6 +327,29 @@ async def test_answers_become_outcomes(receiver: Receiver, status: int, outcome:
         assert "voltd spool retry --sink test" in report.disabled
 
 
+@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize("ascii", [True, False])
+async def test_a_receiver_echoing_the_sms_text_does_not_put_it_in_errors(
+    receiver: Receiver, status: int, ascii: bool
+) -> None:
+    """A receiver that quotes what it got in its error (as many do) must not carry a
+    customer's text into the log or `voltd spool dead`: voltd replaces it, as written or as
+    JSON escapes it, also when the quote is cut off."""
+    text = "My card number is 4111 1111 1111 1111, call me at \"home\" ☎ " + "x" * 300
+
+    def answer(seen: Any) -> Reply:
+        quoted = json.dumps(json.loads(seen.body)["payload"]["text"], ensure_ascii=ascii)
+        return Reply(status, body=b'{"error": "refused", "text": ' + quoted.encode() + b"}")
+
+    receiver.answer = answer
+    sink = vt.build_sink("http", {"url": receiver.url()})
+    report = await vt.deliver(sink, [vt.make_event(text=text)])
+    await sink.aclose()
+    errors = [e for _, e in report.dead + report.pending]
+    assert errors and all("[message text]" in e for e in errors), errors
+    assert not any("4111" in e for e in errors)
+
+
 async def test_redirects_are_followed_only_when_asked(receiver: Receiver) -> None:
     receiver.answer = lambda seen: (
         Reply(307, {"Location": "/new"}) if seen.path == "/old" else Reply(200)

@@ -13,6 +13,8 @@ import logging
 import signal
 import ssl
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -209,6 +211,26 @@ def test_check_writes_nothing(deploy: Path, server: KeyServer, old: Pair) -> Non
     plan = configure(write_config(deploy, server.url))
     assert fingerprints(plan.config.verify.keys) == {old.fp}
     assert server.hits == 1
+    assert not (deploy / "state").exists()
+
+
+def test_voltd_check_shows_the_host_and_fingerprint_not_the_path(
+    deploy: Path, server: KeyServer, old: Pair
+) -> None:
+    server.body = old.text
+    source = write_config(deploy, server.url)
+    out = subprocess.run(
+        [sys.executable, "-m", "voltd", "check", "-c", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("verify:"))
+    host = server.url.split("/")[2]
+    assert f"1 key(s) (https://{host} ({old.fp}))" in line
+    path = server.url.split(host, 1)[1]
+    assert path not in out.stdout + out.stderr
     assert not (deploy / "state").exists()
 
 

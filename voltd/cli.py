@@ -154,8 +154,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     admin = f"http://{config.admin.bind}/healthz" if config.admin.bind else "off"
     out.append(f"admin:    {admin}")
     v = config.verify
+    sources = [p.name for p in v.public_keys]
+    if v.public_key_url is not None:
+        from voltd.http import safe_url
+        from voltd.keyfetch import fingerprint
+
+        fetched = ", ".join(fingerprint(k) for k in v.url_keys) or "no key"
+        sources.append(f"{safe_url(v.public_key_url)} ({fetched})")
     out.append(
-        f"verify:   {len(v.keys)} key(s) ({', '.join(p.name for p in v.public_keys)}), "
+        f"verify:   {len(v.keys)} key(s) ({', '.join(sources)}), "
         f"{v.algorithm}, {v.encoding} in header {v.header}, max_age {_fmt_duration(v.max_age)}"
     )
     r = config.retry

@@ -12,18 +12,19 @@ whose endpoint is gone (`EndpointGone`) is disabled until a reload, its events w
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from voltd.defaults import RETRY_GIVE_UP_AFTER, RETRY_INITIAL, RETRY_MAX_DELAY
-from voltd.events import with_names
+from voltd.events import Event, with_names
 from voltd.metrics import SinkMetrics
 from voltd.plugins import close_sink
 from voltd.sink import EndpointGone, PermanentError, RetryableError, Sink, SinkError
@@ -93,8 +94,38 @@ def _timeout_or(exc: Exception, options: DeliveryOptions) -> Exception:
     return exc
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+#: What an SMS text becomes in an error message (see `_without_texts`).
+TEXT_REDACTED = "[message text]"
+_SCRUB_PREFIX = 24  # characters: a cut-off echo of a text is found by its start
+
+
+def _without_texts(message: str, events: Iterable[Event]) -> str:
+    """`message` without the SMS texts of `events`. A receiver that echoes what it was sent in
+    its error (an HTTP 400 page quoting the body, an SMTP reply) must not carry a customer's
+    text into the log, the spool's error column or `voltd spool dead`: those are read by
+    people who should see that a delivery failed, not what was written. The text is found as
+    written and as JSON escapes it, also when the echo was cut off."""
+    for event in events:
+        text = event.text
+        if not text or len(text) < 4:
+            continue
+        forms = {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+        for form in forms:
+            probe = form[:_SCRUB_PREFIX]
+            start = message.find(probe)
+            while start >= 0:
+                end = start + len(probe)
+                while end < len(message) and end - start < len(form):
+                    if message[end] != form[end - start]:
+                        break
+                    end += 1
+                message = message[:start] + TEXT_REDACTED + message[end:]
+                start = message.find(probe, start + len(TEXT_REDACTED))
+    return message
+
+
+def _describe(exc: BaseException, events: Iterable[Event] = ()) -> str:
+    text = _without_texts(str(exc) or type(exc).__name__, events)
     return f"{type(exc).__name__}: {text}"[:1000]
 
 
@@ -164,6 +195,7 @@ class SinkWorker:
         #: The last outcomes queued without waiting (`record_soon`): committed before the
         #: spool is asked what is due again, or it would offer them once more.
         self._queued: trio.Event | None = None
+        self._attempted: Sequence[Due] = ()  # the last attempt's deliveries
         #: Confirmed sends not yet handed to the spool: handed over together every
         #: `CONFIRM_WINDOW` seconds or `CONFIRM_BATCH` outcomes, one writer trip for several.
         self._confirmed: list[Outcome] = []
@@ -333,6 +365,7 @@ class SinkWorker:
         not a whole batch. (A `send_batch` is one confirmation, recorded after it.)
         """
         names = self.names
+        self._attempted = due  # for error messages without the texts (`_without_texts`)
         for d in due:
             with_names(d.event, names)
         self._publish()
@@ -473,7 +506,7 @@ class SinkWorker:
             self._bug_reported = False
             self._publish(force=recovered)
             return SinkChange(self.name, release=True) if recovered else None
-        self.last_error = _describe(failure)
+        self.last_error = _describe(failure, (d.event for d in self._attempted))
         if isinstance(failure, EndpointGone):
             # Nothing expires while disabled: the events wait for the operator, however long.
             self.disabled = self.last_error
@@ -500,7 +533,7 @@ class SinkWorker:
         return SinkChange(
             self.name,
             expire_before=now - self.policy.give_up_after if self._gives_up(now) else None,
-            error=f"gave up after {self.policy.give_up_after:g}s; last error {_describe(failure)}",
+            error=f"gave up after {self.policy.give_up_after:g}s; last error {self.last_error}",
         )
 
     def _gives_up(self, now: float) -> bool:
@@ -518,7 +551,7 @@ class SinkWorker:
         attempts = d.attempts + 1
         now = time.time()
         seq = d.event.seq or 0
-        err = _describe(exc)
+        err = _describe(exc, (d.event,))
         if isinstance(exc, EndpointGone):  # waits, due again when the sink is enabled
             self.metrics.retry.inc()
             return Outcome(self.name, seq, State.PENDING, attempts, now, err)
