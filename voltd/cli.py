@@ -44,6 +44,10 @@ def _log_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+#: `voltd plugins` shows a longer default (a template) by its size; `--json` has it whole.
+_LONG_DEFAULT = 120
+
+
 def _fail(message: str, code: int = 2) -> NoReturn:
     print(f"voltd: {message}", file=sys.stderr)
     raise SystemExit(code)
@@ -340,7 +344,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             if row["required"]:
                 default = "required"
             else:
-                default = "default " + json.dumps(row["default"], default=str)
+                shown = json.dumps(row["default"], default=str)
+                if len(shown) > _LONG_DEFAULT:  # a default template: its size, not its text
+                    lines = str(row["default"]).count("\n") + 1
+                    shown = f"{len(str(row['default']))} characters, {lines} lines; --json shows it"
+                default = "default " + shown
             line = f"      {row['name']} ({row['type']}, {default})"
             if row["description"]:
                 line += f": {row['description']}"
