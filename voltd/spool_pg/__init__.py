@@ -1,0 +1,473 @@
+"""The spool in PostgreSQL, shared by several voltd instances (`[spool] url = "postgresql://…"`).
+
+The same interface as the SQLite `voltd.spool.Spool`, with what sharing needs:
+
+- Ingest: one writer task per instance commits whatever is queued in one transaction (group
+  commit); an event's `200` follows that COMMIT, and any database error is a `SpoolError` (a
+  503). Dedup across instances is the unique (envelope id, digest) with `ON CONFLICT DO
+  NOTHING`: two instances storing one event at once store it once, the second answer says
+  `duplicate`.
+- Delivery: `due()` claims the rows it returns (`FOR UPDATE SKIP LOCKED`, then a lease:
+  `lease_owner`, `lease_until`), so instances never get the same delivery while its lease
+  runs; recording an outcome clears the lease; the rows of an instance that died are taken
+  over when their lease expires.
+- Order: a sink with `concurrency = 1` delivers from one instance at a time. Its worker calls
+  `acquire_sink()` before `due()`: a session advisory lock on a connection of its own, held
+  until `release_sink()` or until that connection closes (the instance died), so a new holder
+  may take over the dead holder's claimed rows at once instead of waiting for the lease.
+- Wake-ups: `store` wakes local workers after the commit and NOTIFYs in the same
+  transaction; a listener connection (inside `writer`) wakes this instance's workers when
+  another instance, or `voltd spool replay|retry`, commits work for a sink.
+
+Every database call runs in `trio.to_thread.run_sync` under a `CapacityLimiter`, on a
+connection from a `psycopg_pool.ConnectionPool`. After the database restarts, broken pooled
+connections are dropped on the first failure (that batch answers 503) and replaced.
+
+The schema is created and upgraded only by `migrate(url)` (`voltd spool migrate`); a spool
+that is not migrated, or was migrated by a newer voltd, is refused at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+import trio
+
+from voltd.events import Event
+from voltd.spool import Due, Outcome, SinkChange, SpoolError, Stored, _Ingest, _Record
+from voltd.spool_pg.db import PgSpoolDB
+from voltd.spool_pg.sql import (
+    CHANNEL,
+    PG_SCHEMA_VERSION,
+    Conn,
+    _app_name,
+    _apply,
+    _check_version,
+    _due,
+    _gauges,
+    _get_state,
+    _instance_id,
+    _lock_key,
+    _next_due_at,
+    _purge,
+    _redact,
+    _report,
+    _retry_requested,
+    _status,
+    _touch_instance,
+    migrate,
+    schema_version,
+)
+
+__all__ = ["PG_SCHEMA_VERSION", "PgSpool", "PgSpoolDB", "migrate", "schema_version"]
+
+log = logging.getLogger("voltd.spool")
+
+T = TypeVar("T")
+
+
+# -- the trio face ---------------------------------------------------------------------------
+
+
+class PgSpool:
+    """The trio face of the PostgreSQL spool, a drop-in for `voltd.spool.Spool`. Run `writer`
+    in the daemon's nursery before ingesting: it also runs the LISTEN side."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_batch: int = 512,
+        queue_size: int = 4096,
+        linger: float = 0.002,
+        lease: float = 120.0,
+        pool_size: int = 8,
+        connect_timeout: float = 5.0,
+        listen_poll: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.where = _redact(url)
+        #: This instance's name: lease owner, NOTIFY sender, `sink_status` row, and (as
+        #: `voltd <id>`) its sessions' application_name, by which others see it running.
+        self.instance = _instance_id()
+        self.lease = lease
+        self._max_batch = max_batch
+        self._linger = linger
+        self._connect_timeout = connect_timeout
+        self._listen_poll = listen_poll
+        self.started_at = time.time()
+        kwargs: dict[str, Any] = {
+            "application_name": _app_name(self.instance),
+            "connect_timeout": max(1, round(connect_timeout)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        self._kwargs = kwargs
+        self._pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            timeout=connect_timeout,
+            open=False,
+            name=f"voltd-{self.instance}",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            with self._pool.connection() as conn:
+                _check_version(conn, self.where)
+                _touch_instance(conn, self.instance, self.started_at)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise SpoolError(f"{self.where}: cannot open the spool: {exc}") from exc
+        except BaseException:
+            self._pool.close()
+            raise
+        #: Threads for the pool: the writer, delivery reads, metrics, purge, at once.
+        self._limit = trio.CapacityLimiter(pool_size)
+        self._wlimit = trio.CapacityLimiter(1)
+        self.incoming = 0
+        self._send, self._recv = trio.open_memory_channel[_Ingest | _Record](queue_size)
+        self._wakeups: dict[str, trio.Event] = {}
+        # The LISTEN connection (used by one thread at a time, under `_llimit`).
+        self._lconn: Conn | None = None
+        self._llimit = trio.CapacityLimiter(1)
+        # The advisory locks of ordered sinks live on this connection.
+        self._lock_conn: Conn | None = None
+        self._lock_mutex = threading.Lock()
+        self._lock_limit = trio.CapacityLimiter(1)
+        self._held: set[str] = set()
+        self._closed = False
+
+    def close(self) -> None:
+        """Close every connection: the advisory locks free, this instance's status rows go.
+        Call after `writer` has ended (its nursery exited): no thread is left running."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._pool.connection(timeout=2.0) as conn:
+                conn.execute("DELETE FROM sink_status WHERE instance = %s", (self.instance,))
+                conn.execute("DELETE FROM instances WHERE instance = %s", (self.instance,))
+                conn.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE lease_owner = %s AND state = 0",
+                    (self.instance,),
+                )
+        except psycopg.Error as exc:
+            log.warning("%s: could not tidy up on close: %s", self.where, exc)
+        with self._lock_mutex:
+            for other in (self._lconn, self._lock_conn):
+                if other is not None:
+                    other.close()
+            self._lconn = self._lock_conn = None
+            self._held.clear()
+        self._pool.close(timeout=5.0)
+
+    # -- running database calls -----------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(conn, *args)` in one transaction on a pooled connection (a worker thread)."""
+        try:
+            with self._pool.connection() as conn:
+                return fn(conn, *args)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError) and not isinstance(
+                exc, psycopg_pool.PoolTimeout
+            ):
+                # The server restarted or the network broke: every idle pooled connection is
+                # probably broken too; drop those now rather than fail once per connection.
+                try:
+                    self._pool.check()
+                except psycopg.Error:
+                    pass
+            raise SpoolError(f"{self.where}: {what}: {exc}") from exc
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(self._call, what, fn, *args, limiter=self._limit)
+
+    # -- write side: group commit ----------------------------------------------------------
+
+    async def store(self, event: Event, sinks: Sequence[str]) -> Stored:
+        """Queue the event for the next group commit and wait until PostgreSQL committed it."""
+        item = _Ingest(event, sinks)
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            await self._send.send(item)
+        await item.done.wait()
+        if isinstance(item.result, SpoolError):
+            raise item.result
+        assert item.result is not None
+        return item.result
+
+    def record_soon(
+        self,
+        outcomes: Sequence[Outcome],
+        status: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> trio.Event | None:
+        """As `Spool.record_soon`: queued for the next commit; None when the queue is full."""
+        rec = _Record(outcomes, status=status)
+        try:
+            self._send.send_nowait(rec)
+        except trio.WouldBlock:
+            return None
+        return rec.done
+
+    async def record(
+        self,
+        outcomes: Sequence[Outcome],
+        change: SinkChange | None = None,
+        state: Sequence[tuple[str, str, str | None]] = (),
+    ) -> int:
+        """As `Spool.record`: commit outcomes (ending their claims), a SinkChange, state
+        writes; returns how many deliveries the change made dead letters."""
+        if not outcomes and change is None and not state:
+            return 0
+        rec = _Record(outcomes, change, state)
+        await self._send.send(rec)
+        await rec.done.wait()
+        if rec.error is not None:
+            raise rec.error
+        return rec.expired
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed (or has failed)."""
+        rec = _Record(())
+        await self._send.send(rec)
+        await rec.done.wait()
+
+    async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        """The one task that writes (group commit), with the listener beside it."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._listener)
+            task_status.started()
+            await self._write_loop()
+
+    async def _write_loop(self) -> None:
+        recv = self._recv
+        while True:
+            batch = [await recv.receive()]
+            self._drain(batch)
+            if self.incoming > len(batch):
+                with trio.move_on_after(self._linger):
+                    while self.incoming > len(batch) and len(batch) < self._max_batch:
+                        batch.append(await recv.receive())
+                        self._drain(batch)
+            ingests = [b for b in batch if isinstance(b, _Ingest)]
+            records = [b for b in batch if isinstance(b, _Record)]
+            try:
+                results, woken = await trio.to_thread.run_sync(
+                    self._call,
+                    "spool commit failed",
+                    _apply,
+                    self.instance,
+                    ingests,
+                    records,
+                    limiter=self._wlimit,
+                )
+            except Exception as exc:  # a bug costs this batch a 503, not the daemon its life
+                if not isinstance(exc, SpoolError):
+                    log.exception("unexpected error in the spool commit")
+                    exc = SpoolError(f"unexpected {type(exc).__name__}: {exc}")
+                log.error("%s (%d events answered 503)", exc, len(ingests))
+                for item in ingests:
+                    item.result = exc
+                for rec in records:
+                    rec.error = exc
+            else:
+                for item, res in zip(ingests, results, strict=True):
+                    item.result = res
+                for sink in woken:
+                    self.wake(sink)
+            for b in batch:
+                b.done.set()
+
+    def _drain(self, batch: list[_Ingest | _Record]) -> None:
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._recv.receive_nowait())
+            except trio.WouldBlock:
+                return
+
+    async def check_writable(self) -> None:
+        """Prove that a commit goes through right now (for /healthz)."""
+        await self._run("spool is not writable", _touch_instance, self.instance, self.started_at)
+
+    async def purge(self, older_than: float, limit: int = 5000) -> int:
+        return await self._run("spool purge failed", _purge, older_than, limit)
+
+    # -- read side (due claims) --------------------------------------------------------------
+
+    async def due(self, sink: str, now: float, limit: int) -> list[Due]:
+        """Claim up to `limit` deliveries due by `now` for this instance (see `_due`)."""
+        held = sink in self._held
+        return await self._run(
+            "cannot claim deliveries", _due, self.instance, self.lease, sink, now, limit, held
+        )
+
+    async def next_due_at(self, sink: str) -> float | None:
+        return await self._run("cannot read the spool", _next_due_at, self.instance, sink)
+
+    async def status(self) -> dict[str, dict[str, int]]:
+        return await self._run("cannot read the spool", _status)
+
+    async def gauges(self) -> dict[str, tuple[int, int, float | None]]:
+        return await self._run("cannot count deliveries", _gauges)
+
+    async def report(self) -> dict[str, dict[str, Any]]:
+        return await self._run("cannot read the spool", _report, time.time())
+
+    # -- sink state ----------------------------------------------------------------------------
+
+    async def retry_requested(self, sink: str) -> float | None:
+        return await self._run("cannot read the spool", _retry_requested, sink)
+
+    async def state_get(self, sink: str, key: str) -> str | None:
+        return await self._run("cannot read the spool", _get_state, sink, key)
+
+    async def state_put(self, sink: str, key: str, value: str | None) -> None:
+        """Committed with the next group commit, in order with delivery outcomes."""
+        await self.record((), state=[(sink, key, value)])
+
+    # -- ordered sinks: one instance at a time -------------------------------------------------
+
+    async def acquire_sink(self, sink: str) -> bool:
+        """Whether this instance may deliver to `sink` now, for a sink that keeps its order
+        (`concurrency = 1`); call before every `due()`.
+
+        True: this instance holds the sink's session advisory lock (taken now, or still held:
+        checked with a round trip on the lock connection). While it holds it, its `due()` also
+        claims rows other instances had claimed: a holder that died lost the lock with its
+        connection. False: another instance holds it, or the database cannot be reached (then
+        the lock, if it was held, is gone with the connection). Wait and ask again."""
+        return await trio.to_thread.run_sync(self._acquire, sink, limiter=self._lock_limit)
+
+    async def release_sink(self, sink: str) -> None:
+        """Give the sink's lock up (the worker stops), and this instance's claims on it."""
+        await trio.to_thread.run_sync(self._release, sink, limiter=self._lock_limit)
+
+    def _acquire(self, sink: str) -> bool:
+        with self._lock_mutex:
+            if self._closed:
+                return False
+            try:
+                conn: Conn | None = self._lock_conn
+                if conn is None or conn.closed:
+                    self._held.clear()
+                    conn = self._lock_conn = psycopg.connect(
+                        self.url, autocommit=True, **self._kwargs
+                    )
+                if sink in self._held:
+                    conn.execute("SELECT 1")
+                    return True
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(sink),)).fetchone()
+            except psycopg.Error as exc:
+                log.warning("sink %s: cannot take its lock: %s", sink, exc)
+                self._drop_lock_conn()
+                return False
+            if row and row[0]:
+                self._held.add(sink)
+                return True
+            return False
+
+    def _release(self, sink: str) -> None:
+        with self._lock_mutex:
+            if sink not in self._held:
+                return
+            self._held.discard(sink)
+            conn = self._lock_conn
+            try:
+                if conn is not None and not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sink),))
+            except psycopg.Error as exc:
+                log.warning("sink %s: cannot release its lock: %s", sink, exc)
+                self._drop_lock_conn()
+        try:
+            self._call(
+                "cannot release claims",
+                lambda c: c.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE sink = %s AND lease_owner = %s AND state = 0",
+                    (sink, self.instance),
+                ),
+            )
+        except SpoolError as exc:
+            log.warning("sink %s: %s", sink, exc)
+
+    def _drop_lock_conn(self) -> None:
+        """The lock connection broke: whatever it held is gone (the server freed it)."""
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+        self._lock_conn = None
+        self._held.clear()
+
+    # -- wake-ups ------------------------------------------------------------------------------
+
+    def wakeup(self, sink: str) -> trio.Event:
+        """An event that is set the next time new deliveries for `sink` commit (here, or in
+        another instance: NOTIFY)."""
+        ev = self._wakeups.get(sink)
+        if ev is None:
+            ev = self._wakeups[sink] = trio.Event()
+        return ev
+
+    def wake(self, sink: str) -> None:
+        ev = self._wakeups.pop(sink, None)
+        if ev is not None:
+            ev.set()
+
+    async def _listener(self) -> None:
+        """LISTEN for other instances' commits. Each wait is a short thread call (at most
+        `listen_poll` seconds), so cancelling it never leaves a thread behind. After a lost
+        connection every waiting worker is woken: notifications may have been missed."""
+        backoff = 0.5
+        connected_before = False
+        try:
+            while True:
+                try:
+                    sinks = await trio.to_thread.run_sync(self._listen_once, limiter=self._llimit)
+                except psycopg.Error as exc:
+                    log.warning("%s: LISTEN connection lost: %s", self.where, exc)
+                    self._close_listener()
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                backoff = 0.5
+                if sinks is None:
+                    # Reconnected: anything may have happened meanwhile. (At the first
+                    # connection there is nothing to catch up: workers start with a query.)
+                    sinks = list(self._wakeups) if connected_before else []
+                    connected_before = True
+                for sink in sinks:
+                    self.wake(sink)
+        finally:
+            self._close_listener()
+
+    def _close_listener(self) -> None:
+        if self._lconn is not None:
+            self._lconn.close()
+            self._lconn = None
+
+    def _listen_once(self) -> list[str] | None:
+        conn = self._lconn
+        if conn is None or conn.closed:
+            self._lconn = None
+            conn = psycopg.connect(self.url, autocommit=True, **self._kwargs)
+            conn.execute(f"LISTEN {CHANNEL}")
+            self._lconn = conn
+            return None
+        sinks: list[str] = []
+        for note in conn.notifies(timeout=self._listen_poll):
+            owner, _, sink = note.payload.partition(" ")
+            if owner != self.instance and sink:
+                sinks.append(sink)
+        return sinks
