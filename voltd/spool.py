@@ -589,27 +589,13 @@ class _ProcessLock:
         os.close(self.fd)
 
 
-class Spool:
-    """The trio face of the spool. Run `writer` in the daemon's nursery before ingesting."""
+class GroupCommit:
+    """The queueing face both spools share (SQLite here, PostgreSQL in `voltd.spool_pg`):
+    `store`, `record_soon`, `record` and `flush` queue items for one writer task, which
+    commits whatever is queued as one transaction (`_commit`), and the per-sink wake-ups
+    for delivery tasks. A subclass sets up the queue with `_queue` and writes `_commit`."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        max_batch: int = 512,
-        queue_size: int = 4096,
-        linger: float = 0.002,
-    ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _ProcessLock(path)
-        try:
-            self._wdb = SpoolDB(path)
-            self._rdb = SpoolDB(path)
-        except BaseException:
-            self._lock.release()
-            raise
-        self._wlimit = trio.CapacityLimiter(1)
-        self._rlimit = trio.CapacityLimiter(1)
+    def _queue(self, max_batch: int, queue_size: int, linger: float) -> None:
         self._max_batch = max_batch
         self._linger = linger
         #: Requests that are on their way to `store` (counted by the HTTP handler). While
@@ -619,18 +605,12 @@ class Spool:
         self.incoming = 0
         self._send, self._recv = trio.open_memory_channel[_Ingest | _Record](queue_size)
         self._wakeups: dict[str, trio.Event] = {}  # one per sink, replaced once set
-        self.path = path
-        #: A third connection, opened at the first scrape of /metrics, so that its counting
-        #: never makes a delivery worker's read wait (nor the other way round).
-        self._mdb: SpoolDB | None = None
-        self._mlimit = trio.CapacityLimiter(1)
 
-    def close(self) -> None:
-        self._wdb.close()
-        self._rdb.close()
-        if self._mdb is not None:
-            self._mdb.close()
-        self._lock.release()
+    async def _commit(
+        self, ingests: list[_Ingest], records: list[_Record]
+    ) -> tuple[Sequence[Stored], Iterable[str]]:
+        """Commit one batch: what each ingest stored, and the sinks to wake."""
+        raise NotImplementedError
 
     # -- write side: group commit ----------------------------------------------------------
 
@@ -689,9 +669,8 @@ class Spool:
         await self._send.send(rec)
         await rec.done.wait()
 
-    async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
-        """The one task that writes: drains everything queued, commits it as one batch."""
-        task_status.started()
+    async def _write_loop(self) -> None:
+        """The one writer: drains everything queued, commits it as one batch (`_commit`)."""
         recv = self._recv
         while True:
             batch = [await recv.receive()]
@@ -704,9 +683,7 @@ class Spool:
             ingests = [b for b in batch if isinstance(b, _Ingest)]
             records = [b for b in batch if isinstance(b, _Record)]
             try:
-                results = await trio.to_thread.run_sync(
-                    self._wdb.apply, ingests, records, limiter=self._wlimit
-                )
+                results, woken = await self._commit(ingests, records)
             except Exception as exc:  # a bug costs this batch a 503, not the daemon its life
                 if not isinstance(exc, SpoolError):
                     log.exception("unexpected error in the spool commit")
@@ -717,11 +694,8 @@ class Spool:
                 for rec in records:
                     rec.error = exc
             else:
-                woken: set[str] = set()
                 for item, res in zip(ingests, results, strict=True):
                     item.result = res
-                    if not res.duplicate:
-                        woken.update(item.sinks)
                 for sink in woken:
                     self.wake(sink)
             for b in batch:
@@ -733,6 +707,73 @@ class Spool:
                 batch.append(self._recv.receive_nowait())
             except trio.WouldBlock:
                 return
+
+    # -- wake-ups for delivery tasks -------------------------------------------------------
+
+    def wakeup(self, sink: str) -> trio.Event:
+        """An event that is set the next time new deliveries for `sink` commit."""
+        ev = self._wakeups.get(sink)
+        if ev is None:
+            ev = self._wakeups[sink] = trio.Event()
+        return ev
+
+    def wake(self, sink: str) -> None:
+        ev = self._wakeups.pop(sink, None)
+        if ev is not None:
+            ev.set()
+
+
+class Spool(GroupCommit):
+    """The trio face of the spool. Run `writer` in the daemon's nursery before ingesting."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_batch: int = 512,
+        queue_size: int = 4096,
+        linger: float = 0.002,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _ProcessLock(path)
+        try:
+            self._wdb = SpoolDB(path)
+            self._rdb = SpoolDB(path)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._wlimit = trio.CapacityLimiter(1)
+        self._rlimit = trio.CapacityLimiter(1)
+        self._queue(max_batch, queue_size, linger)
+        self.path = path
+        #: A third connection, opened at the first scrape of /metrics, so that its counting
+        #: never makes a delivery worker's read wait (nor the other way round).
+        self._mdb: SpoolDB | None = None
+        self._mlimit = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        self._wdb.close()
+        self._rdb.close()
+        if self._mdb is not None:
+            self._mdb.close()
+        self._lock.release()
+
+    async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
+        """The one task that writes: drains everything queued, commits it as one batch."""
+        task_status.started()
+        await self._write_loop()
+
+    async def _commit(
+        self, ingests: list[_Ingest], records: list[_Record]
+    ) -> tuple[Sequence[Stored], Iterable[str]]:
+        results = await trio.to_thread.run_sync(
+            self._wdb.apply, ingests, records, limiter=self._wlimit
+        )
+        woken: set[str] = set()
+        for item, res in zip(ingests, results, strict=True):
+            if not res.duplicate:
+                woken.update(item.sinks)
+        return results, woken
 
     async def check_writable(self) -> None:
         await trio.to_thread.run_sync(self._wdb.check_writable, limiter=self._wlimit)
@@ -775,17 +816,3 @@ class Spool:
     async def state_put(self, sink: str, key: str, value: str | None) -> None:
         """Committed with the next group commit, in order with delivery outcomes."""
         await self.record((), state=[(sink, key, value)])
-
-    # -- wake-ups for delivery tasks -------------------------------------------------------
-
-    def wakeup(self, sink: str) -> trio.Event:
-        """An event that is set the next time new deliveries for `sink` commit."""
-        ev = self._wakeups.get(sink)
-        if ev is None:
-            ev = self._wakeups[sink] = trio.Event()
-        return ev
-
-    def wake(self, sink: str) -> None:
-        ev = self._wakeups.pop(sink, None)
-        if ev is not None:
-            ev.set()

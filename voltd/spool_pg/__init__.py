@@ -32,15 +32,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
 import trio
 
-from voltd.events import Event
-from voltd.spool import Due, Outcome, SinkChange, SpoolError, Stored, _Ingest, _Record
+from voltd.spool import (
+    Due,
+    GroupCommit,
+    SpoolError,
+    Stored,
+    _Ingest,
+    _Record,
+)
 from voltd.spool_pg.db import PgSpoolDB
 from voltd.spool_pg.sql import (
     CHANNEL,
@@ -75,7 +81,7 @@ T = TypeVar("T")
 # -- the trio face ---------------------------------------------------------------------------
 
 
-class PgSpool:
+class PgSpool(GroupCommit):
     """The trio face of the PostgreSQL spool, a drop-in for `voltd.spool.Spool`. Run `writer`
     in the daemon's nursery before ingesting: it also runs the LISTEN side."""
 
@@ -97,8 +103,6 @@ class PgSpool:
         #: `voltd <id>`) its sessions' application_name, by which others see it running.
         self.instance = _instance_id()
         self.lease = lease
-        self._max_batch = max_batch
-        self._linger = linger
         self._connect_timeout = connect_timeout
         self._listen_poll = listen_poll
         self.started_at = time.time()
@@ -134,9 +138,7 @@ class PgSpool:
         #: Threads for the pool: the writer, delivery reads, metrics, purge, at once.
         self._limit = trio.CapacityLimiter(pool_size)
         self._wlimit = trio.CapacityLimiter(1)
-        self.incoming = 0
-        self._send, self._recv = trio.open_memory_channel[_Ingest | _Record](queue_size)
-        self._wakeups: dict[str, trio.Event] = {}
+        self._queue(max_batch, queue_size, linger)
         # The LISTEN connection (used by one thread at a time, under `_llimit`).
         self._lconn: Conn | None = None
         self._llimit = trio.CapacityLimiter(1)
@@ -194,56 +196,7 @@ class PgSpool:
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(self._call, what, fn, *args, limiter=self._limit)
 
-    # -- write side: group commit ----------------------------------------------------------
-
-    async def store(self, event: Event, sinks: Sequence[str]) -> Stored:
-        """Queue the event for the next group commit and wait until PostgreSQL committed it."""
-        item = _Ingest(event, sinks)
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
-            await self._send.send(item)
-        await item.done.wait()
-        if isinstance(item.result, SpoolError):
-            raise item.result
-        assert item.result is not None
-        return item.result
-
-    def record_soon(
-        self,
-        outcomes: Sequence[Outcome],
-        status: tuple[str, Mapping[str, Any]] | None = None,
-    ) -> trio.Event | None:
-        """As `Spool.record_soon`: queued for the next commit; None when the queue is full."""
-        rec = _Record(outcomes, status=status)
-        try:
-            self._send.send_nowait(rec)
-        except trio.WouldBlock:
-            return None
-        return rec.done
-
-    async def record(
-        self,
-        outcomes: Sequence[Outcome],
-        change: SinkChange | None = None,
-        state: Sequence[tuple[str, str, str | None]] = (),
-    ) -> int:
-        """As `Spool.record`: commit outcomes (ending their claims), a SinkChange, state
-        writes; returns how many deliveries the change made dead letters."""
-        if not outcomes and change is None and not state:
-            return 0
-        rec = _Record(outcomes, change, state)
-        await self._send.send(rec)
-        await rec.done.wait()
-        if rec.error is not None:
-            raise rec.error
-        return rec.expired
-
-    async def flush(self) -> None:
-        """Wait until everything queued so far is committed (or has failed)."""
-        rec = _Record(())
-        await self._send.send(rec)
-        await rec.done.wait()
+    # -- write side: group commit (the queue is `GroupCommit`'s) -------------------------
 
     async def writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED):
         """The one task that writes (group commit), with the listener beside it."""
@@ -252,51 +205,19 @@ class PgSpool:
             task_status.started()
             await self._write_loop()
 
-    async def _write_loop(self) -> None:
-        recv = self._recv
-        while True:
-            batch = [await recv.receive()]
-            self._drain(batch)
-            if self.incoming > len(batch):
-                with trio.move_on_after(self._linger):
-                    while self.incoming > len(batch) and len(batch) < self._max_batch:
-                        batch.append(await recv.receive())
-                        self._drain(batch)
-            ingests = [b for b in batch if isinstance(b, _Ingest)]
-            records = [b for b in batch if isinstance(b, _Record)]
-            try:
-                results, woken = await trio.to_thread.run_sync(
-                    self._call,
-                    "spool commit failed",
-                    _apply,
-                    self.instance,
-                    ingests,
-                    records,
-                    limiter=self._wlimit,
-                )
-            except Exception as exc:  # a bug costs this batch a 503, not the daemon its life
-                if not isinstance(exc, SpoolError):
-                    log.exception("unexpected error in the spool commit")
-                    exc = SpoolError(f"unexpected {type(exc).__name__}: {exc}")
-                log.error("%s (%d events answered 503)", exc, len(ingests))
-                for item in ingests:
-                    item.result = exc
-                for rec in records:
-                    rec.error = exc
-            else:
-                for item, res in zip(ingests, results, strict=True):
-                    item.result = res
-                for sink in woken:
-                    self.wake(sink)
-            for b in batch:
-                b.done.set()
-
-    def _drain(self, batch: list[_Ingest | _Record]) -> None:
-        while len(batch) < self._max_batch:
-            try:
-                batch.append(self._recv.receive_nowait())
-            except trio.WouldBlock:
-                return
+    async def _commit(
+        self, ingests: list[_Ingest], records: list[_Record]
+    ) -> tuple[Sequence[Stored], Iterable[str]]:
+        result: tuple[list[Stored], set[str]] = await trio.to_thread.run_sync(
+            self._call,
+            "spool commit failed",
+            _apply,
+            self.instance,
+            ingests,
+            records,
+            limiter=self._wlimit,
+        )
+        return result
 
     async def check_writable(self) -> None:
         """Prove that a commit goes through right now (for /healthz)."""
@@ -411,19 +332,6 @@ class PgSpool:
         self._held.clear()
 
     # -- wake-ups ------------------------------------------------------------------------------
-
-    def wakeup(self, sink: str) -> trio.Event:
-        """An event that is set the next time new deliveries for `sink` commit (here, or in
-        another instance: NOTIFY)."""
-        ev = self._wakeups.get(sink)
-        if ev is None:
-            ev = self._wakeups[sink] = trio.Event()
-        return ev
-
-    def wake(self, sink: str) -> None:
-        ev = self._wakeups.pop(sink, None)
-        if ev is not None:
-            ev.set()
 
     async def _listener(self) -> None:
         """LISTEN for other instances' commits. Each wait is a short thread call (at most
