@@ -397,21 +397,13 @@ class SpoolDB:
             " FROM deliveries d JOIN events e ON e.seq = d.event_seq GROUP BY d.sink",
             (now - 3600,),
         )
-        for sink, pending, retrying, next_retry, dead, recent, oldest in rows:
+        for sink, *counts in rows:
             last = self.conn.execute(
                 "SELECT last_error FROM deliveries WHERE sink = ? AND last_error IS NOT NULL"
                 " ORDER BY updated_at DESC LIMIT 1",
                 (sink,),
             ).fetchone()
-            out[sink] = {
-                "pending": pending,
-                "retrying": retrying,
-                "next_retry": next_retry,
-                "dead": dead,
-                "delivered_last_hour": recent,
-                "oldest_pending_age": now - oldest if oldest is not None else None,
-                "last_error": last[0] if last else None,
-            }
+            out[sink] = sink_report(now, *counts, last_error=last[0] if last else None)
         for sink, worker in self.sink_status().items():
             out.setdefault(sink, empty_report())["worker"] = worker
         return out
@@ -554,6 +546,30 @@ class SpoolDB:
         args.append(limit)
         keys = ("sink", "seq", "id", "attempts", "failed_at", "error")
         return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, args)]
+
+
+def sink_report(
+    now: float,
+    pending: int,
+    retrying: int,
+    next_retry: float | None,
+    dead: int,
+    recent: int,
+    oldest: float | None,
+    *,
+    last_error: str | None,
+) -> dict[str, Any]:
+    """One sink's `report` from its counts (the same for both spools): `oldest` is when the
+    oldest pending event arrived, `recent` the deliveries of the last hour."""
+    return {
+        "pending": pending,
+        "retrying": retrying,
+        "next_retry": next_retry,
+        "dead": dead,
+        "delivered_last_hour": recent,
+        "oldest_pending_age": now - oldest if oldest is not None else None,
+        "last_error": last_error,
+    }
 
 
 def empty_report() -> dict[str, Any]:

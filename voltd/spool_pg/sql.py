@@ -26,6 +26,7 @@ from voltd.spool import (
     _Ingest,
     _Record,
     empty_report,
+    sink_report,
 )
 
 log = logging.getLogger("voltd.spool")
@@ -512,16 +513,17 @@ def _report(conn: Conn, now: float) -> dict[str, dict[str, Any]]:
             " ORDER BY updated_at DESC LIMIT 1",
             (sink,),
         ).fetchone()
-        out[sink] = {
-            "pending": pending,
-            "retrying": retrying,
-            "next_retry": next_retry,
-            "dead": dead,
-            "delivered_last_hour": recent,
-            "oldest_pending_age": now - oldest if oldest is not None else None,
-            "last_error": last[0] if last else None,
-            "claimed": claimed,
-        }
+        out[sink] = sink_report(
+            now,
+            pending,
+            retrying,
+            next_retry,
+            dead,
+            recent,
+            oldest,
+            last_error=last[0] if last else None,
+        )
+        out[sink]["claimed"] = claimed
     for sink, worker in _sink_status(conn).items():
         out.setdefault(sink, empty_report())["worker"] = worker
     return out
