@@ -45,7 +45,6 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -55,7 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from voltd.config import Config, ConfigError
-from voltd.http import _quiet_httpx_logs, safe_url
+from voltd.http import _causes, _quiet_httpx_logs, _version, safe_url
 from voltd.verify import KeyLoadError, load_public_key, load_public_key_file
 
 __all__ = [
@@ -171,18 +170,6 @@ def _status(code: int) -> str:
         return str(code)
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        todo += [e.__cause__, e.__context__]
-
-
 def _transport_reason(exc: httpx.HTTPError) -> str:
     """Why the request failed, in words that never quote the URL."""
     for cause in _causes(exc):
@@ -199,12 +186,6 @@ def _transport_reason(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "could not connect"
     return f"network error ({type(exc).__name__})"
-
-
-def _version() -> str:
-    from voltd import __version__
-
-    return __version__
 
 
 # --------------------------------------------------------------------------------------------
