@@ -212,7 +212,10 @@ path = "archive.jsonl"
 BROKEN = {
     "unknown key": (
         BASE + '\n[spool]\npath = "spool.db"\nretension = "7d"\n' + GOOD_SINK,
-        ["config.toml: spool.retension: unknown key", "expected one of: path, retention"],
+        [
+            "config.toml: spool.retension: unknown key",
+            "expected one of: path, url, password, state_dir, retention",
+        ],
     ),
     "undefined sink in a route": (
         BASE + GOOD_SINK.replace('sinks = ["archive"]', 'sinks = ["archive", "nowhere"]'),

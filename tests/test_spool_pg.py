@@ -89,8 +89,20 @@ async def test_concurrent_due_never_shares_a_delivery(url: str) -> None:
         assert [d.event.seq for d in await a.due("s", time.time() + 1, 10)] == [seq]
 
 
-async def test_expired_lease_is_taken_over(url: str) -> None:
+async def test_claims_are_renewed_while_the_instance_lives(url: str) -> None:
+    """An attempt longer than the lease keeps its claim: no second instance sends it too."""
     async with running(url, lease=1.0) as a, running(url, lease=1.0) as b:
+        seq = (await a.store(ev(), ["s"])).seq
+        assert [d.event.seq for d in await a.due("s", time.time() + 1, 10)] == [seq]
+        await trio.sleep(2.0)  # twice the lease; `a` renews every 0.25 s
+        assert await b.due("s", time.time() + 1, 10) == []
+        await a.record([Outcome("s", seq, State.DELIVERED, 1)])
+        assert (await b.status())["s"] == {"pending": 0, "delivered": 1, "dead": 0}
+
+
+async def test_expired_lease_is_taken_over(url: str) -> None:
+    # `a` stops renewing its claims, as an instance that died (or hangs) does.
+    async with running(url, lease=1.0, renew_every=3600) as a, running(url, lease=1.0) as b:
         seq = (await a.store(ev(), ["s"])).seq
         assert [d.event.seq for d in await a.due("s", time.time() + 1, 10)] == [seq]
         assert await b.due("s", time.time() + 1, 10) == []

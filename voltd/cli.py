@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan = _configure(args.config, write_key_cache=True)
     for problem in plan.registry.problems:
         log.warning("%s", problem)
-    daemon = Daemon(plan)
+    daemon = Daemon(plan, migrate=args.migrate)
     try:
         trio.run(daemon.run)
     except SpoolError as exc:
@@ -112,6 +112,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # -- check / route / plugins -----------------------------------------------------------------
+
+
+def _spool_line(config: Any) -> str:
+    """The spool for `voltd check`: the file, or the database (without its password), whose
+    schema is read now: a spool the daemon would refuse is said here first."""
+    if config.spool.conninfo is None:
+        return str(config.spool.path)
+    import psycopg
+
+    from voltd.spool_pg import PG_SCHEMA_VERSION, schema_version
+    from voltd.spool_pg.sql import error_text
+
+    where = config.spool.where
+    try:
+        with psycopg.connect(config.spool.conninfo, connect_timeout=10) as conn:
+            version = schema_version(conn)
+    except psycopg.Error as exc:
+        _fail(f"spool.url: cannot connect to {where}: {error_text(exc, config.spool.conninfo)}", 1)
+    if version is None:
+        _fail(f"spool.url: {where} holds no voltd spool yet; run `voltd spool migrate`", 1)
+    if version < PG_SCHEMA_VERSION:
+        _fail(
+            f"spool.url: {where} has spool schema version {version}, this voltd needs "
+            f"{PG_SCHEMA_VERSION}; run `voltd spool migrate`",
+            1,
+        )
+    if version > PG_SCHEMA_VERSION:
+        _fail(
+            f"spool.url: {where} has spool schema version {version}, newer than this voltd "
+            f"knows ({PG_SCHEMA_VERSION}); upgrade voltd",
+            1,
+        )
+    return f"{where} (PostgreSQL, schema version {version})"
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -171,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     r = config.retry
     out.append(
-        f"spool:    {config.spool.path}, retention {_fmt_duration(config.spool.retention)}; "
+        f"spool:    {_spool_line(config)}, retention {_fmt_duration(config.spool.retention)}; "
         f"retry {_fmt_duration(r.initial)} doubling to {_fmt_duration(r.max_delay)}, "
         f"dead letter after {_fmt_duration(r.give_up_after)}"
     )
@@ -461,8 +494,18 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _spool_db(config: Any, readonly: bool) -> Any:
+    """The spool for the `voltd spool` commands: the SQLite file, or the PostgreSQL database
+    (which any instance's host can reach: the commands work from each)."""
     from voltd.spool import SpoolDB, SpoolError
 
+    conninfo = config.spool.conninfo
+    if conninfo is not None:
+        from voltd.spool_pg import PgSpoolDB
+
+        try:
+            return PgSpoolDB(conninfo)
+        except SpoolError as exc:
+            _fail(str(exc), 1)
     path = config.spool.path
     if not path.exists():
         _fail(f"{path}: no spool yet (the daemon creates it on first start)", 1)
@@ -484,6 +527,14 @@ def _ago(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60}m"
     return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _instances(db: Any, config: Any) -> list[str]:
+    """The `voltd serve` processes using this spool: for PostgreSQL, each instance with a
+    session open on the database (`host:pid:…`); for SQLite, the one holding the file."""
+    if config.spool.conninfo is not None:
+        return list(db.running())
+    return ["this host"] if _daemon_running(config.spool.path) else []
 
 
 def _daemon_running(spool_path: Path) -> bool:
@@ -511,7 +562,9 @@ def _spool_status(db: Any, config: Any, as_json: bool) -> None:
 
     now = time.time()
     report = db.report(now)
-    running = _daemon_running(config.spool.path)
+    instances = _instances(db, config)
+    running = bool(instances)
+    shared = config.spool.conninfo is not None
     for sink in config.sinks:
         report.setdefault(sink, empty_report())
     for sink, row in report.items():
@@ -531,13 +584,24 @@ def _spool_status(db: Any, config: Any, as_json: bool) -> None:
     if as_json:
         print(
             json.dumps(
-                {"events": db.event_count(), "daemon_running": running, "sinks": report},
+                {
+                    "events": db.event_count(),
+                    "daemon_running": running,
+                    **({"instances": instances} if shared else {}),
+                    "sinks": report,
+                },
                 indent=2,
                 default=str,
             )
         )
         return
-    print(f"events stored: {db.event_count()}; daemon {'running' if running else 'not running'}")
+    if shared:
+        print(f"spool: {config.spool.where}; events stored: {db.event_count()}")
+        names = f": {', '.join(instances)}" if instances else ""
+        print(f"instances running: {len(instances)}{names}")
+    else:
+        state = "running" if running else "not running"
+        print(f"events stored: {db.event_count()}; daemon {state}")
     head = (
         "sink",
         "state",
@@ -583,8 +647,38 @@ def _spool_status(db: Any, config: Any, as_json: bool) -> None:
             print(f"{sink}: last error: {r['last_error']}")
 
 
+def _spool_migrate(config: Any) -> int:
+    """`voltd spool migrate`: create or upgrade a PostgreSQL spool's schema. (A SQLite spool
+    is created and upgraded by the daemon as it opens the file.)"""
+    from voltd.spool import SpoolError
+
+    conninfo = config.spool.conninfo
+    if conninfo is None:
+        print(
+            f"{config.spool.path}: a SQLite spool is created and upgraded by `voltd serve` as "
+            "it opens it; nothing to do"
+        )
+        return 0
+    from voltd.spool_pg import PG_SCHEMA_VERSION, migrate
+
+    try:
+        was = migrate(conninfo)
+    except SpoolError as exc:
+        _fail(str(exc), 1)
+    where = config.spool.where
+    if was == PG_SCHEMA_VERSION:
+        print(f"{where}: spool schema is up to date (version {was})")
+    elif was == 0:
+        print(f"{where}: spool schema created (version {PG_SCHEMA_VERSION})")
+    else:
+        print(f"{where}: spool schema upgraded from version {was} to {PG_SCHEMA_VERSION}")
+    return 0
+
+
 def cmd_spool(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if args.action == "migrate":
+        return _spool_migrate(config)
     db = _spool_db(config, readonly=args.action not in ("replay", "retry"))
     try:
         if args.action == "status":
@@ -636,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("serve", help="run the daemon in the foreground")
     with_config(sp)
+    sp.add_argument(
+        "--migrate",
+        action="store_true",
+        help="create or upgrade a PostgreSQL spool's schema first (as `voltd spool migrate`)",
+    )
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("check", help="validate the configuration and print a summary")
@@ -668,9 +767,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser(
-        "spool", help="sinks' state and queues; dead letters; replay; enable a disabled sink"
+        "spool",
+        help="sinks' state and queues; dead letters; replay; enable a disabled sink; "
+        "create or upgrade a PostgreSQL spool (migrate)",
     )
-    sp.add_argument("action", choices=["status", "dead", "replay", "retry"])
+    sp.add_argument("action", choices=["status", "dead", "replay", "retry", "migrate"])
     with_config(sp)
     sp.add_argument("--sink", help="only this sink")
     sp.add_argument("--seq", type=int, nargs="*", help="replay: only these event numbers")

@@ -42,7 +42,7 @@ from voltd.server import (
     make_webhook_app,
 )
 from voltd.sink import Sink
-from voltd.spool import Spool, SpoolError
+from voltd.spool import Spool, SpoolError, SpoolLike
 from voltd.stall import StallWatch
 
 log = logging.getLogger("voltd.daemon")
@@ -92,13 +92,30 @@ def sink_rate(config: Config, name: str, sink: Sink) -> float | None:
     return rate.per_second if rate is not None else None
 
 
-#: Settings that only a restart changes (the listeners and the spool file).
+#: Settings that only a restart changes (the listeners and the spool).
 _RESTART_ONLY = (
     ("server.bind", lambda c: c.server.bind),
     ("server.path", lambda c: c.server.path),
     ("admin.bind", lambda c: c.admin.bind),
     ("spool.path", lambda c: c.spool.path),
+    ("spool.url", lambda c: c.spool.url),
+    ("spool.password", lambda c: c.spool.password),
 )
+
+
+def open_spool(config: Config, *, migrate: bool = False) -> SpoolLike:
+    """The spool `[spool]` names: the SQLite file (created and migrated as it opens), or the
+    PostgreSQL database, which `migrate` (`voltd serve --migrate`) first creates or brings
+    up to date; without it a database that is not migrated is refused (SpoolError)."""
+    conninfo = config.spool.conninfo
+    if conninfo is None:
+        return Spool(config.spool.path)
+    from voltd.spool_pg import PgSpool
+    from voltd.spool_pg import migrate as migrate_pg
+
+    if migrate:
+        migrate_pg(conninfo)
+    return PgSpool(conninfo)
 
 
 @dataclass
@@ -109,6 +126,8 @@ class Daemon:
     shutdown: trio.Event = field(default_factory=trio.Event)
     delivery: DeliveryOptions = field(default_factory=DeliveryOptions)
     delivery_grace: float = 10.0
+    #: Create or upgrade a PostgreSQL spool's schema at start-up (`voltd serve --migrate`).
+    migrate: bool = False
     webhook_urls: list[str] = field(default_factory=list)
     admin_urls: list[str] = field(default_factory=list)
     ingest: Ingest | None = None
@@ -137,7 +156,9 @@ class Daemon:
         # it takes long, until READY=1.
         self._startup = systemd.StartupExtender().__enter__()
         try:
-            spool = Spool(self.config.spool.path)
+            spool = await trio.to_thread.run_sync(
+                partial(open_spool, self.config, migrate=self.migrate)
+            )
             try:
                 await self._run(spool, handle_signals, task_status)
             finally:
@@ -146,7 +167,7 @@ class Daemon:
             self._startup.__exit__(None, None, None)
 
     async def _run(
-        self, spool: Spool, handle_signals: bool, task_status: trio.TaskStatus[Daemon]
+        self, spool: SpoolLike, handle_signals: bool, task_status: trio.TaskStatus[Daemon]
     ) -> None:
         cfg = self.config
         if self.metrics is None:
@@ -235,7 +256,7 @@ class Daemon:
             status += "; admin on " + " ".join(self.admin_urls)
         return f"READY=1\nSTATUS={status}"
 
-    async def _status_loop(self, spool: Spool) -> None:
+    async def _status_loop(self, spool: SpoolLike) -> None:
         """`STATUS=` for `systemctl status`: where it listens and what waits, when it changes."""
         said = None
         while True:
@@ -275,7 +296,7 @@ class Daemon:
                 self.shutdown.set()
                 return
 
-    async def _purge_loop(self, spool: Spool) -> None:
+    async def _purge_loop(self, spool: SpoolLike) -> None:
         while True:
             try:
                 n = await spool.purge(time.time() - self.config.spool.retention)

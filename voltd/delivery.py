@@ -28,7 +28,7 @@ from voltd.events import Event, with_names
 from voltd.metrics import SinkMetrics
 from voltd.plugins import close_sink
 from voltd.sink import EndpointGone, PermanentError, RetryableError, Sink, SinkError
-from voltd.spool import Due, Outcome, SinkChange, Spool, SpoolError, State
+from voltd.spool import Due, Outcome, SinkChange, SpoolError, SpoolLike, State
 
 log = logging.getLogger("voltd.delivery")
 
@@ -136,7 +136,7 @@ class SinkWorker:
         self,
         name: str,
         sink: Sink,
-        spool: Spool,
+        spool: SpoolLike,
         policy: RetryPolicy,
         options: DeliveryOptions | None = None,
         *,
@@ -270,9 +270,39 @@ class SinkWorker:
         """Deliver until stopped, touching the spool as little as possible: every spool call
         is a thread hop, and on a busy single core those hops are the cost that matters."""
         task_status.started()
+        try:
+            await self._run()
+        finally:
+            # Another instance sharing the spool may take the sink over at once.
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self.spool.release_sink(self.name)
+
+    async def _next_due_at(self) -> float | None:
+        """When the next delivery falls due; None (and a log line) when the spool cannot
+        say (a PostgreSQL spool during a database restart): the idle poll asks again."""
+        try:
+            return await self.spool.next_due_at(self.name)
+        except SpoolError as exc:
+            log.error("sink %s: cannot read the spool: %s", self.name, exc)
+            return None
+
+    async def _my_turn(self) -> bool:
+        """Whether this process delivers to the sink now. A sink that keeps its order
+        (`concurrency = 1`) is delivered to by one process at a time: with a shared
+        (PostgreSQL) spool, the instance that holds its lock; the others stand by."""
+        if self.concurrency != 1:
+            return True
+        try:
+            return await self.spool.acquire_sink(self.name)
+        except SpoolError as exc:
+            log.error("sink %s: %s", self.name, exc)
+            return False
+
+    async def _run(self) -> None:
         opts = self.options
-        next_retry = await self.spool.next_due_at(self.name)  # left pending by a restart
+        next_retry = await self._next_due_at()  # left pending by a restart
         self._publish(force=True)
+        standby = False
         while not self.stopping:
             if self.disabled is not None or (
                 self.paused_until is not None and time.time() < self.paused_until
@@ -288,6 +318,18 @@ class SinkWorker:
                 if not self._enabled.is_set() and await self._retry_requested():
                     self.enable("voltd spool retry")
                 continue
+            if not await self._my_turn():
+                # Another instance delivers to it. Ask again at the idle poll, not at every
+                # wake-up: the lock's holder is woken by the same commits.
+                if not standby:
+                    log.info("sink %s: delivered by another instance; standing by", self.name)
+                standby = True
+                await self._hold(time.time() + opts.idle_poll)
+                continue
+            if standby:
+                standby = False
+                log.info("sink %s: this instance delivers to it now", self.name)
+                next_retry = await self._next_due_at()
             wake = self.spool.wakeup(self.name)
             now = time.time()
             if next_retry is not None and next_retry <= now:
@@ -338,7 +380,7 @@ class SinkWorker:
                 # paced one (Slack) sends the first event at once: its pace collects the rest.
                 await trio.sleep(opts.linger)
             else:
-                next_retry = await self.spool.next_due_at(self.name)
+                next_retry = await self._next_due_at()
 
     async def _hold(self, until: float) -> None:
         """Wait until `until` (wall clock, as the spool's times), or until stopped."""

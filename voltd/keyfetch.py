@@ -2,7 +2,8 @@
 
 At start-up and on every reload (`voltd.daemon.configure`) the key is fetched from the URL
 (https only, `FETCH_TIMEOUT` at most), parsed like a `public_keys` file, and compared with the
-copy cached in the state directory (the spool's directory, `/var/lib/voltd` under systemd):
+copy cached in the state directory (`cache_dir`: the spool's directory, `/var/lib/voltd` under
+systemd):
 
 - `volt-key-cache.pub`: the trusted key, an OpenSSH line (`ssh-keygen -lf` reads it);
 - `volt-key-cache.json`: when it was last fetched, and a *pending* key: one the URL served
@@ -210,8 +211,16 @@ def _fp(key: RSAPublicKey | None) -> str | None:
 
 
 def cache_dir(config: Config) -> Path:
-    """The state directory: the spool's (`/var/lib/voltd` under systemd)."""
-    return config.spool.path.parent
+    """The state directory: `[spool] state_dir` when given, else the SQLite spool's
+    directory (`/var/lib/voltd` under systemd); with a PostgreSQL spool, systemd's
+    `$STATE_DIRECTORY` (StateDirectory=), else the config file's directory."""
+    spool = config.spool
+    if spool.state_dir is not None:
+        return spool.state_dir
+    if spool.url is None:
+        return spool.path.parent
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(given) if given else config.config_dir
 
 
 def read_cache(directory: Path) -> KeyCache:

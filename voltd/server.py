@@ -28,7 +28,7 @@ from voltd import events as events_mod
 from voltd.config import Config
 from voltd.metrics import Inc, Metrics, RequestMetrics
 from voltd.routing import Router
-from voltd.spool import Spool, SpoolError
+from voltd.spool import SpoolError, SpoolLike
 from voltd.verify import Verifier, too_old
 
 log = logging.getLogger("voltd.server")
@@ -80,7 +80,7 @@ class Ingest:
     """Everything the webhook handler needs, passed explicitly."""
 
     settings: IngestSettings
-    spool: Spool
+    spool: SpoolLike
     counters: Counter[str] = field(default_factory=Counter)
     throttle: _Throttle = field(default_factory=_Throttle)
     metrics: RequestMetrics = field(default_factory=RequestMetrics.nothing)
@@ -191,7 +191,7 @@ def make_webhook_app(ingest: Ingest, path: str, max_body_bytes: int) -> QuartTri
 
 
 def make_admin_app(
-    spool: Spool,
+    spool: SpoolLike,
     ingest: Ingest,
     serving: Callable[[], bool],
     sinks: Callable[[], dict[str, Any]] = dict,

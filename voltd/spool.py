@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -739,6 +739,51 @@ class GroupCommit:
             ev.set()
 
 
+class SpoolLike(Protocol):
+    """What the stages (ingest, delivery, sink state, /healthz, /metrics) use of a spool: the
+    SQLite `Spool` below, or `voltd.spool_pg.PgSpool`, which the composition root picks from
+    `[spool]` at start-up."""
+
+    #: Requests on their way to `store` (the HTTP handler counts them; see `GroupCommit`).
+    incoming: int
+    #: The spool for messages: the file, or the database URL without its password.
+    where: str
+
+    async def writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+    def close(self) -> None: ...
+    async def store(self, event: Event, sinks: Sequence[str]) -> Stored: ...
+    def record_soon(
+        self, outcomes: Sequence[Outcome], status: tuple[str, Mapping[str, Any]] | None = None
+    ) -> trio.Event | None: ...
+    async def record(
+        self,
+        outcomes: Sequence[Outcome],
+        change: SinkChange | None = None,
+        state: Sequence[tuple[str, str, str | None]] = (),
+    ) -> int: ...
+    async def flush(self) -> None: ...
+    def wakeup(self, sink: str) -> trio.Event: ...
+    def wake(self, sink: str) -> None: ...
+    async def check_writable(self) -> None: ...
+    async def purge(self, older_than: float) -> int: ...
+    async def due(self, sink: str, now: float, limit: int) -> list[Due]: ...
+    async def next_due_at(self, sink: str) -> float | None: ...
+    async def status(self) -> dict[str, dict[str, int]]: ...
+    async def gauges(self) -> dict[str, tuple[int, int, float | None]]: ...
+    async def retry_requested(self, sink: str) -> float | None: ...
+    async def state_get(self, sink: str, key: str) -> str | None: ...
+    async def state_put(self, sink: str, key: str, value: str | None) -> None: ...
+    async def acquire_sink(self, sink: str) -> bool:
+        """Whether this process may deliver to an ordered sink (`concurrency = 1`) now."""
+        ...
+
+    async def release_sink(self, sink: str) -> None:
+        """The sink's worker stopped: give up its turn and its claims."""
+        ...
+
+
 class Spool(GroupCommit):
     """The trio face of the spool. Run `writer` in the daemon's nursery before ingesting."""
 
@@ -762,6 +807,7 @@ class Spool(GroupCommit):
         self._rlimit = trio.CapacityLimiter(1)
         self._queue(max_batch, queue_size, linger)
         self.path = path
+        self.where = str(path)
         #: A third connection, opened at the first scrape of /metrics, so that its counting
         #: never makes a delivery worker's read wait (nor the other way round).
         self._mdb: SpoolDB | None = None
@@ -820,6 +866,14 @@ class Spool(GroupCommit):
                 raise SpoolError(f"cannot count deliveries: {exc}") from exc
 
         return await trio.to_thread.run_sync(query, limiter=self._mlimit)
+
+    # -- ordered sinks: this process holds the file (`_ProcessLock`), so it may always ----
+
+    async def acquire_sink(self, sink: str) -> bool:
+        return True
+
+    async def release_sink(self, sink: str) -> None:
+        return None
 
     # -- sink state (voltd.state.StateBackend) ------------------------------------------
 

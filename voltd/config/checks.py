@@ -48,6 +48,7 @@ def _cross_checks(
     server, admin, retry = (_table(data, k) for k in ("server", "admin", "retry"))
     routes = data.get("routes")
     return [
+        *_spool_checks(_table(data, "spool")),
         *_tls_checks(server, base, secrets),
         *_verify_checks(data),
         *_bind_checks(server, admin, secrets),
@@ -55,6 +56,29 @@ def _cross_checks(
         *_sink_retry_checks(_table(data, "sinks"), retry, secrets),
         *_route_name_checks(routes if isinstance(routes, list) else [], secrets),
     ]
+
+
+def _spool_checks(spool: dict[str, Any]) -> list[tuple[Loc, str, Loc]]:
+    """`path` (SQLite) or `url` (PostgreSQL), never both; `password` only with `url`."""
+    out: list[tuple[Loc, str, Loc]] = []
+    if "path" in spool and "url" in spool:
+        out.append(
+            (
+                ("spool", "url"),
+                "spool.path is set too: expected either path (a SQLite file, one instance) "
+                "or url (PostgreSQL, shared by several instances), not both",
+                ("spool", "url"),
+            )
+        )
+    if "password" in spool and "url" not in spool:
+        out.append(
+            (
+                ("spool", "password"),
+                "only used with spool.url (PostgreSQL); expected url too, or no password",
+                ("spool", "password"),
+            )
+        )
+    return out
 
 
 def _tls_checks(

@@ -511,9 +511,56 @@ class VerifyConfig(_Table):
         return copy
 
 
+def _postgres_url(value: Any) -> str:
+    """A libpq URL (`postgresql://user@host:port/dbname?…`). Never shown: it may hold a
+    password; messages and `voltd check` show `SpoolConfig.where`."""
+    text = _text(value).strip()
+    example = "like postgresql://voltd@db.internal:5432/voltd"
+    if not text.lower().startswith(("postgresql://", "postgres://")):
+        raise _Invalid(f"expected a PostgreSQL URL {example}", show_input=False)
+    import psycopg
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.Error:  # not its message: that may quote the URL
+        raise _Invalid(
+            f"not a PostgreSQL URL libpq can read; expected one {example}", show_input=False
+        ) from None
+    return text
+
+
 class SpoolConfig(_Table):
+    """Where events wait: a SQLite file (`path`, the default) or, for several instances, a
+    PostgreSQL database (`url`). Setting both is refused (see `_spool_checks`)."""
+
     path: _Path = pydantic.Field(SPOOL_PATH, validate_default=True)
+    url: Annotated[str, BeforeValidator(_postgres_url)] | None = None
+    #: The database password, apart from the URL so that a secret needs no URL-escaping.
+    password: Annotated[str, BeforeValidator(_text)] | None = None
+    #: Small files of voltd's own (the fetched key's cache). Default: `path`'s directory;
+    #: with `url`, `$STATE_DIRECTORY` (systemd's StateDirectory=), else the config's directory.
+    state_dir: _Path | None = None
     retention: _PositiveDuration = RETENTION
+
+    @property
+    def conninfo(self) -> str | None:
+        """What psycopg connects with: `url`, with `password` added; None for SQLite."""
+        if self.url is None:
+            return None
+        if self.password is None:
+            return self.url
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(self.url, password=self.password)
+
+    @property
+    def where(self) -> str:
+        """The spool for messages: the file, or the database URL without its password."""
+        if self.url is None:
+            return str(self.path)
+        from voltd.spool_pg.sql import safe_url
+
+        return safe_url(self.url)
 
 
 class RetryConfig(_Table):

@@ -62,16 +62,18 @@ from voltd.spool_pg.sql import (
     _lock_key,
     _next_due_at,
     _purge,
-    _redact,
+    _renew,
     _report,
     _retry_requested,
     _status,
     _touch_instance,
+    error_text,
     migrate,
+    safe_url,
     schema_version,
 )
 
-__all__ = ["PG_SCHEMA_VERSION", "PgSpool", "PgSpoolDB", "migrate", "schema_version"]
+__all__ = ["PG_SCHEMA_VERSION", "PgSpool", "PgSpoolDB", "migrate", "safe_url", "schema_version"]
 
 log = logging.getLogger("voltd.spool")
 
@@ -93,16 +95,19 @@ class PgSpool(GroupCommit):
         queue_size: int = 4096,
         linger: float = 0.002,
         lease: float = 120.0,
+        renew_every: float | None = None,
         pool_size: int = 8,
         connect_timeout: float = 5.0,
         listen_poll: float = 0.5,
     ) -> None:
         self.url = url
-        self.where = _redact(url)
+        self.where = safe_url(url)
         #: This instance's name: lease owner, NOTIFY sender, `sink_status` row, and (as
         #: `voltd <id>`) its sessions' application_name, by which others see it running.
         self.instance = _instance_id()
         self.lease = lease
+        #: How often claims are renewed (`_renew_leases`): a quarter of the lease by default.
+        self.renew_every = renew_every if renew_every is not None else lease / 4
         self._connect_timeout = connect_timeout
         self._listen_poll = listen_poll
         self.started_at = time.time()
@@ -131,7 +136,9 @@ class PgSpool(GroupCommit):
                 _touch_instance(conn, self.instance, self.started_at)
         except psycopg.Error as exc:
             self._pool.close()
-            raise SpoolError(f"{self.where}: cannot open the spool: {exc}") from exc
+            raise SpoolError(
+                f"{self.where}: cannot open the spool: {error_text(exc, url)}"
+            ) from exc
         except BaseException:
             self._pool.close()
             raise
@@ -165,7 +172,7 @@ class PgSpool(GroupCommit):
                     (self.instance,),
                 )
         except psycopg.Error as exc:
-            log.warning("%s: could not tidy up on close: %s", self.where, exc)
+            log.warning("%s: could not tidy up on close: %s", self.where, error_text(exc, self.url))
         with self._lock_mutex:
             for other in (self._lconn, self._lock_conn):
                 if other is not None:
@@ -191,7 +198,7 @@ class PgSpool(GroupCommit):
                     self._pool.check()
                 except psycopg.Error:
                     pass
-            raise SpoolError(f"{self.where}: {what}: {exc}") from exc
+            raise SpoolError(f"{self.where}: {what}: {error_text(exc, self.url)}") from exc
 
     async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(self._call, what, fn, *args, limiter=self._limit)
@@ -202,8 +209,20 @@ class PgSpool(GroupCommit):
         """The one task that writes (group commit), with the listener beside it."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._listener)
+            nursery.start_soon(self._renew_leases)
             task_status.started()
             await self._write_loop()
+
+    async def _renew_leases(self) -> None:
+        """Keep this instance's claims while it lives: an attempt (or a digest's window) may
+        take longer than the lease, and a claim that ran out could be taken over and sent
+        twice. An instance that died stops renewing, and its claims run out."""
+        while True:
+            await trio.sleep(self.renew_every)
+            try:
+                await self._run("cannot renew claims", _renew, self.instance, self.lease)
+            except SpoolError as exc:
+                log.warning("%s", exc)
 
     async def _commit(
         self, ingests: list[_Ingest], records: list[_Record]
@@ -292,7 +311,7 @@ class PgSpool(GroupCommit):
                     return True
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(sink),)).fetchone()
             except psycopg.Error as exc:
-                log.warning("sink %s: cannot take its lock: %s", sink, exc)
+                log.warning("sink %s: cannot take its lock: %s", sink, error_text(exc, self.url))
                 self._drop_lock_conn()
                 return False
             if row and row[0]:
@@ -302,16 +321,17 @@ class PgSpool(GroupCommit):
 
     def _release(self, sink: str) -> None:
         with self._lock_mutex:
-            if sink not in self._held:
-                return
-            self._held.discard(sink)
-            conn = self._lock_conn
-            try:
-                if conn is not None and not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sink),))
-            except psycopg.Error as exc:
-                log.warning("sink %s: cannot release its lock: %s", sink, exc)
-                self._drop_lock_conn()
+            if sink in self._held:
+                self._held.discard(sink)
+                conn = self._lock_conn
+                try:
+                    if conn is not None and not conn.closed:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (_lock_key(sink),))
+                except psycopg.Error as exc:
+                    log.warning(
+                        "sink %s: cannot release its lock: %s", sink, error_text(exc, self.url)
+                    )
+                    self._drop_lock_conn()
         try:
             self._call(
                 "cannot release claims",
@@ -344,7 +364,9 @@ class PgSpool(GroupCommit):
                 try:
                     sinks = await trio.to_thread.run_sync(self._listen_once, limiter=self._llimit)
                 except psycopg.Error as exc:
-                    log.warning("%s: LISTEN connection lost: %s", self.where, exc)
+                    log.warning(
+                        "%s: LISTEN connection lost: %s", self.where, error_text(exc, self.url)
+                    )
                     self._close_listener()
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)

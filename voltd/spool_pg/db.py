@@ -22,13 +22,14 @@ from voltd.spool_pg.sql import (
     _get_state,
     _live_instances,
     _purge,
-    _redact,
     _replay,
     _report,
     _request_retry,
     _retry_requested,
     _sink_status,
     _status,
+    error_text,
+    safe_url,
 )
 
 # -- the sync face, for `voltd spool …` -------------------------------------------------------
@@ -40,7 +41,7 @@ class PgSpoolDB:
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.url = url
-        self.where = _redact(url)
+        self.where = safe_url(url)
         #: Who NOTIFYs: "-" is not an instance, so every instance wakes.
         self.me = "-"
         try:
@@ -48,7 +49,9 @@ class PgSpoolDB:
                 url, connect_timeout=max(1, round(connect_timeout)), application_name="voltd-cli"
             )
         except psycopg.Error as exc:
-            raise SpoolError(f"{self.where}: cannot open the spool: {exc}") from exc
+            raise SpoolError(
+                f"{self.where}: cannot open the spool: {error_text(exc, url)}"
+            ) from exc
         try:
             with self._tx("cannot open the spool") as conn:
                 _check_version(conn, self.where)
@@ -61,7 +64,7 @@ class PgSpoolDB:
         self.conn.close()
 
     def _tx(self, what: str) -> AbstractContextManager[Conn]:
-        return _transaction(self.conn, f"{self.where}: {what}")
+        return _transaction(self.conn, f"{self.where}: {what}", self.url)
 
     def report(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         """As `SpoolDB.report`, over all instances; each row also says how many pending
@@ -124,10 +127,10 @@ class PgSpoolDB:
 
 
 @contextmanager
-def _transaction(conn: Conn, what: str) -> Iterator[Conn]:
+def _transaction(conn: Conn, what: str, conninfo: str) -> Iterator[Conn]:
     """One transaction on one connection; psycopg errors become SpoolError."""
     try:
         with conn.transaction():
             yield conn
     except psycopg.Error as exc:
-        raise SpoolError(f"{what}: {exc}") from exc
+        raise SpoolError(f"{what}: {error_text(exc, conninfo)}") from exc

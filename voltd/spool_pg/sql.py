@@ -35,7 +35,7 @@ Conn = psycopg.Connection[Any]
 
 
 #: The PostgreSQL spool's schema version (its own numbering, kept in `voltd_schema`).
-PG_SCHEMA_VERSION = 1
+PG_SCHEMA_VERSION = 2
 
 #: The NOTIFY channel; the payload is "<instance> <sink>" ("-" for the CLI).
 CHANNEL = "voltd_spool"
@@ -110,6 +110,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             seen_at double precision NOT NULL
         )""",
     ),
+    # 2: an instance's claims found without a scan (lease renewal, release on stop).
+    2: (
+        "CREATE INDEX deliveries_claims ON deliveries (lease_owner)"
+        " WHERE state = 0 AND lease_owner IS NOT NULL",
+    ),
 }
 
 _STATUS_KEYS = ("state", "reason", "since", "next_attempt", "last_error", "in_flight", "updated_at")
@@ -162,21 +167,38 @@ def _check_version(conn: Conn, where: str) -> None:
         )
 
 
-def _redact(url: str) -> str:
-    """The URL for messages, without a password."""
+def safe_url(conninfo: str) -> str:
+    """`postgresql://user@host:port/dbname`, without a password or other parameters: what
+    messages, logs and `voltd check` may show of `[spool] url`."""
     try:
-        info = psycopg.conninfo.conninfo_to_dict(url)
+        info = psycopg.conninfo.conninfo_to_dict(conninfo)
     except psycopg.Error:
         return "the PostgreSQL spool"
-    host, db = info.get("host", "localhost"), info.get("dbname", "")
-    return f"postgresql://{host}/{db}"
+    user = f"{info['user']}@" if info.get("user") else ""
+    host = str(info.get("host") or "localhost")
+    if "," in host or "/" in host:  # several hosts, or a Unix socket directory
+        host = f"[{host}]"
+    port = f":{info['port']}" if info.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{info.get('dbname') or ''}"
+
+
+def error_text(exc: BaseException, conninfo: str) -> str:
+    """psycopg's message on one line, and without the password should libpq quote it."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
 
 
 def migrate(url: str) -> int:
     """Create the spool's tables or bring them to PG_SCHEMA_VERSION, in one transaction (all
     steps or none; concurrent runs wait for each other). Returns the version it started at
     (0 for a new spool). A spool of a newer version is refused, untouched."""
-    where = _redact(url)
+    where = safe_url(url)
     try:
         with psycopg.connect(url, autocommit=False) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
@@ -195,7 +217,7 @@ def migrate(url: str) -> int:
                 )
             return version
     except psycopg.Error as exc:
-        raise SpoolError(f"{where}: spool migration failed: {exc}") from exc
+        raise SpoolError(f"{where}: spool migration failed: {error_text(exc, url)}") from exc
 
 
 # -- the operations, on a connection inside a transaction -----------------------------------
@@ -392,6 +414,15 @@ def _due(
         Due(from_spool(seq, eid, bytes(body), signature), attempts, received_at)
         for seq, attempts, eid, body, received_at, signature in rows
     ]
+
+
+def _renew(conn: Conn, me: str, lease: float) -> int:
+    """Extend every claim `me` holds by `lease` from now; returns how many."""
+    cur = conn.execute(
+        "UPDATE deliveries SET lease_until = %s WHERE lease_owner = %s AND state = 0",
+        (time.time() + lease, me),
+    )
+    return cur.rowcount
 
 
 def _next_due_at(conn: Conn, me: str, sink: str) -> float | None:
