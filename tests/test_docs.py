@@ -611,3 +611,28 @@ def test_the_readme_shows_the_mail_the_sink_builds() -> None:
     png = ROOT / "docs/examples/email-failed.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "failed to deliver" in text and "Blocked as spam - temporary" in html
+
+
+def test_the_readmes_shared_spool_table_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `[spool]` of "Running several instances" is a config voltd takes as written, and
+    what `voltd check` would show of it holds neither the password nor its reference."""
+    from voltd.config import load
+
+    spool = _readme_block("with `url` in\nplace of `path`", "toml")
+    assert spool.startswith("[spool]\nurl = ")
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "pg_password").write_text("s3cret-Pa55\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    from tests.helpers import copy_material
+
+    copy_material("keys", tmp_path / "keys")
+    (tmp_path / "config.toml").write_text(
+        '[verify]\npublic_keys = ["keys/volt_id_rsa.pub"]\n\n' + spool
+    )
+    config = load(tmp_path / "config.toml")
+    assert config.spool.password == "s3cret-Pa55"
+    assert config.is_secret("spool", "password")
+    assert config.spool.where == "postgresql://voltd@db.internal:5432/voltd"
+    assert config.spool.conninfo is not None and "s3cret-Pa55" in config.spool.conninfo

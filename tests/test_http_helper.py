@@ -36,6 +36,8 @@ from voltd.http import (
     MAX_RESPONSE_BYTES,
     HttpClient,
     HttpOptions,
+    _secrets,
+    _transport_text,
     classify,
     parse_retry_after,
     safe_url,
@@ -845,6 +847,65 @@ def test_classify_without_a_server() -> None:
     assert isinstance(odd, RetryableError) and "unexpected status" in str(odd)
     bare = classify(httpx.Response(400, content=b"bad"))
     assert str(bare) == "HTTP: 400 Bad Request: bad"
+
+
+def _failed(exc: httpx.HTTPError, cause: BaseException) -> httpx.HTTPError:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("client_cert", "expected"),
+    [
+        (False, "TLS: the server requires a client certificate (set client_cert and client_key)"),
+        (None, "TLS: the server requires a client certificate"),
+        (
+            True,
+            "TLS: the server refused our client certificate (TLSV13_ALERT_CERTIFICATE_REQUIRED)",
+        ),
+    ],
+)
+def test_transport_text_hints_at_a_client_certificate_only_where_one_can_be_set(
+    client_cert: bool | None, expected: str
+) -> None:
+    required = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] alert")
+    required.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"  # what OpenSSL sets
+    exc = _failed(httpx.ReadError("tls alert"), required)
+    assert _transport_text(exc, secrets=[], trust="x", client_cert=client_cert) == expected
+
+
+def test_transport_text_without_a_server() -> None:
+    url = httpx.URL(f"https://u:{USERPW}@relay.example.com/{TOKEN}?k={QUERY}")
+    secrets = _secrets(url, None)
+
+    def text(exc: httpx.HTTPError, cause: BaseException | None = None) -> str:
+        failed = _failed(exc, cause) if cause is not None else exc
+        return _transport_text(failed, secrets=secrets, trust="ca_file ca.pem")
+
+    verify = ssl.SSLCertVerificationError(1, "verify")
+    verify.verify_message = "self-signed certificate"
+    assert text(httpx.ConnectError("x"), verify) == (
+        "TLS certificate verify failed: self-signed certificate (ca_file ca.pem)"
+    )
+    assert text(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")) == (
+        "connection refused"
+    )
+    assert text(httpx.ConnectError("x"), socket.gaierror(-2, "Name or service not known")) == (
+        "cannot resolve the host name"
+    )
+    assert text(httpx.ReadError("x"), ConnectionResetError(104, "reset")) == (
+        "connection reset by the server"
+    )
+    echoed = text(httpx.RemoteProtocolError(f"illegal status line: GET /{TOKEN}?k={QUERY}"))
+    assert echoed.startswith("the server broke the HTTP protocol: illegal status line: GET [")
+    assert TOKEN not in echoed and QUERY not in echoed and "[redacted]" in echoed
+    assert text(httpx.ConnectError("x"), OSError(113, "No route to host")) == (
+        "network error: No route to host"
+    )
+    assert text(httpx.ConnectError("x")) == "could not connect"
+    assert text(httpx.WriteError("x")) == "the connection broke while sending the request"
+    assert text(httpx.ReadError("x")) == "the connection broke before the answer was complete"
+    assert text(httpx.DecodingError("x")) == "network error (DecodingError)"
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ from voltd.daemon import configure
 from voltd.keyfetch import (
     CACHE_KEY_FILE,
     CACHE_META_FILE,
+    FetchError,
     add_url_keys,
+    fetch_key,
     fingerprint,
     read_cache,
 )
@@ -69,19 +71,25 @@ def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 class KeyServer:
-    """An HTTPS server on 127.0.0.1 answering every GET with `status` and `body`."""
+    """An HTTPS server on 127.0.0.1 answering every GET with `status` and `body`, or for a
+    path in `raw` with those bytes as they are (not HTTP, say)."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.status = 200
         self.body = b""
         self.delay = 0.0
         self.headers: dict[str, str] = {}
+        self.raw: dict[str, bytes] = {}
         self.hits = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.hits += 1
+                if self.path in server.raw:
+                    self.wfile.write(server.raw[self.path])
+                    self.close_connection = True
+                    return
                 if server.delay:
                     time.sleep(server.delay)
                 try:
@@ -286,6 +294,39 @@ def test_fetch_failure_uses_the_cached_key(
     assert f"using the cached key {old.fp}" in warnings[0]
     assert TOKEN not in logs.text
     assert (deploy / "state" / CACHE_KEY_FILE).read_bytes() == before
+
+
+def test_a_broken_answer_is_described_without_the_url(deploy: Path, server: KeyServer) -> None:
+    """What the server sent back is shown, with the URL's secrets (and a redirect's) taken out."""
+    path = f"/{TOKEN}/id_rsa.pub"
+    server.raw[path] = f"GET {path}?{TOKEN} HTTP/1.1\r\n\r\n".encode()
+    with pytest.raises(FetchError) as err:
+        fetch_key(server.url, ca_file=deploy / "ca.pem", timeout=5)
+    assert str(err.value).startswith("the server broke the HTTP protocol: ")
+    assert "[redacted]" in str(err.value) and TOKEN not in str(err.value)
+
+    moved = "/moved/an0ther-s3cret-t0ken"
+    server.raw = {moved: f"GET {moved} HTTP/1.1\r\n\r\n".encode()}
+    server.status = 302
+    server.headers["Location"] = f"{server.origin}{moved}"
+    with pytest.raises(FetchError) as err:
+        fetch_key(server.url, ca_file=deploy / "ca.pem", timeout=5)
+    assert str(err.value).startswith("the server broke the HTTP protocol: ")
+    assert "an0ther-s3cret-t0ken" not in str(err.value) and TOKEN not in str(err.value)
+
+
+def test_an_untrusted_certificate_names_what_decides_trust(
+    deploy: Path, server: KeyServer, tmp_path: Path
+) -> None:
+    with pytest.raises(FetchError) as err:
+        fetch_key(server.url, timeout=5)
+    assert str(err.value).startswith("TLS certificate verify failed: ")
+    assert str(err.value).endswith("(the default CA certificates)")
+    other, _ = make_self_signed_cert(tmp_path / "other", hosts=("127.0.0.1",))
+    with pytest.raises(FetchError) as err:
+        fetch_key(server.url, ca_file=other, timeout=5)
+    assert str(err.value).endswith(f"(public_key_ca_file {other})")
+    assert TOKEN not in str(err.value)
 
 
 def test_untrusted_certificate_is_a_failed_fetch(

@@ -367,6 +367,50 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
                 queue.append(nxt)
 
 
+def _transport_text(
+    exc: httpx.HTTPError, *, secrets: list[str], trust: str, client_cert: bool | None = None
+) -> str:
+    """Why a request failed on the network, from the innermost cause that says so.
+
+    Never quotes the URL; text from the server or the TLS library is one short line with
+    `secrets` (`_secrets` of what was sent) taken out. `trust` names what decides which server
+    certificates are trusted (`ca_file …`, `the default CA certificates`). `client_cert`:
+    whether a client certificate was sent; None when the caller has no way to send one (so
+    the message does not tell the operator to set one).
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "not trusted"
+            return f"TLS certificate verify failed: {_clean(reason, secrets)} ({trust})"
+        if isinstance(cause, ssl.SSLError):
+            reason = _clean(str(cause.reason or cause.strerror or "").strip(), secrets)
+            if "CERTIFICATE_REQUIRED" in reason.upper() and not client_cert:
+                hint = " (set client_cert and client_key)" if client_cert is False else ""
+                return f"TLS: the server requires a client certificate{hint}"
+            if "CERTIFICATE" in reason.upper() and client_cert:
+                return f"TLS: the server refused our client certificate ({reason})"
+            return f"TLS handshake failed: {reason or 'SSL error'}"
+    for cause in _causes(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "cannot resolve the host name"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by the server"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"the server broke the HTTP protocol: {_clean(str(exc), secrets)}"
+    for cause in _causes(exc):
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"network error: {_clean(cause.strerror, secrets)}"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    if isinstance(exc, httpx.WriteError):
+        return "the connection broke while sending the request"
+    if isinstance(exc, httpx.ReadError):
+        return "the connection broke before the answer was complete"
+    return f"network error ({type(exc).__name__})"
+
+
 # --------------------------------------------------------------------------------------------
 # The client
 
@@ -525,44 +569,17 @@ class HttpClient:
     def _transport_text(
         self, exc: httpx.TransportError, url: str | httpx.URL, headers: Mapping[str, str] | None
     ) -> str:
-        """Why a request failed on the network, from the innermost cause that says so."""
+        """Why a request failed on the network, with the request's secrets taken out."""
         try:
             secrets = _secrets(httpx.URL(url), httpx.Headers(headers or {}))
         except (httpx.InvalidURL, TypeError, ValueError):
             secrets = []
-        for cause in _causes(exc):
-            if isinstance(cause, ssl.SSLCertVerificationError):
-                reason = cause.verify_message or cause.reason or "verify failed"
-                return f"TLS certificate verify failed: {_clean(reason, secrets)} ({self._trust})"
-            if isinstance(cause, ssl.SSLError):
-                reason = str(cause.reason or cause.strerror or "").strip()
-                if "CERTIFICATE_REQUIRED" in reason.upper() and not self.options.client_cert:
-                    return (
-                        "TLS: the server requires a client certificate "
-                        "(set client_cert and client_key)"
-                    )
-                if "CERTIFICATE" in reason.upper() and self.options.client_cert:
-                    return f"TLS: the server refused our client certificate ({reason})"
-                return f"TLS handshake failed: {_clean(reason or 'SSL error', secrets)}"
-        for cause in _causes(exc):
-            if isinstance(cause, ConnectionRefusedError):
-                return "connection refused"
-            if isinstance(cause, socket.gaierror):
-                return "cannot resolve the host name"
-            if isinstance(cause, ConnectionResetError):
-                return "connection reset by the server"
-        if isinstance(exc, httpx.RemoteProtocolError):
-            return f"the server broke the HTTP protocol: {_clean(str(exc), secrets)}"
-        for cause in _causes(exc):
-            if isinstance(cause, OSError) and cause.strerror:
-                return f"network error: {_clean(cause.strerror, secrets)}"
-        if isinstance(exc, httpx.ConnectError):
-            return "could not connect"
-        if isinstance(exc, httpx.WriteError):
-            return "the connection broke while sending the request"
-        if isinstance(exc, httpx.ReadError):
-            return "the connection broke before the answer was complete"
-        return f"network error ({type(exc).__name__})"
+        return _transport_text(
+            exc,
+            secrets=secrets,
+            trust=self._trust,
+            client_cert=self.options.client_cert is not None,
+        )
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -42,7 +42,6 @@ import http
 import json
 import logging
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -55,7 +54,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from voltd.config import Config, ConfigError
-from voltd.http import _causes, _quiet_httpx_logs, _version, safe_url
+from voltd.http import _quiet_httpx_logs, _secrets, _transport_text, _version, safe_url
 from voltd.verify import KeyLoadError, load_public_key, load_public_key_file
 
 __all__ = [
@@ -131,7 +130,9 @@ def fetch_key(
     except httpx.InvalidURL:
         raise FetchError("not a usable https:// URL") from None
     except httpx.HTTPError as e:
-        raise FetchError(_transport_reason(e)) from None
+        trusted_by = f"public_key_ca_file {ca_file}" if ca_file else "the default CA certificates"
+        reason = _transport_text(e, secrets=_url_secrets(url, e), trust=trusted_by)
+        raise FetchError(reason) from None
     try:
         return load_public_key(body)
     except KeyLoadError as e:
@@ -171,22 +172,14 @@ def _status(code: int) -> str:
         return str(code)
 
 
-def _transport_reason(exc: httpx.HTTPError) -> str:
-    """Why the request failed, in words that never quote the URL."""
-    for cause in _causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verify failed: {cause.verify_message or 'not trusted'}"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS handshake failed"
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "cannot resolve the host name"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "the server broke the HTTP protocol"
-    if isinstance(exc, httpx.ConnectError):
-        return "could not connect"
-    return f"network error ({type(exc).__name__})"
+def _url_secrets(url: str, exc: httpx.HTTPError) -> list[str]:
+    """What of `url`, and of the URL that failed (a redirect's), must never show in a message."""
+    urls = [httpx.URL(url)]
+    try:
+        urls.append(exc.request.url)
+    except RuntimeError:  # no request attached
+        pass
+    return sorted({s for u in urls for s in _secrets(u, None)}, key=len, reverse=True)
 
 
 # --------------------------------------------------------------------------------------------
