@@ -9,7 +9,8 @@ works off a backlog once the sink is back.
 - `run_drain`: a spool pre-filled with a large backlog for the archive (written directly with
   voltd's SpoolDB, no HTTP), a daemon started without the archive sink (its deliveries wait),
   then the sink is configured and SIGHUP sent. Deliveries/s from that SIGHUP until the file
-  holds every event is the drain rate (target 20,000/s); VmRSS is sampled throughout.
+  holds every event is the drain rate (target 20,000/s); VmRSS is sampled throughout. With
+  `spool_url` the same on a PostgreSQL spool (the `pg-drain` phase, bench/shared.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ from sinks import (
 from workload import ARCHIVE_PATH, SINK_DIRS, Setup, make_events, voltd_config
 
 from voltd.spool import SpoolDB
+from voltd.spool_pg import PgSpoolDB
 
 # A regular file where the archive expects a directory: open() fails with ENOTDIR, which the
 # file sink reports as RetryableError, so voltd keeps the deliveries and tries again later.
@@ -216,15 +219,16 @@ def run_sinkdown(setup: Setup, probe_rate: float | None) -> dict[str, Any]:
 # -- a large backlog: drain rate and memory -------------------------------------------------
 
 
-def prefill(spool_path: Path, count: int, seed: int) -> list[str]:
+def prefill(spool: Path | str, count: int, seed: int) -> list[str]:
     """Write `count` new events, each with one pending delivery to the archive, in big
-    transactions: setup, not measurement. Returns their envelope ids.
+    transactions: setup, not measurement. Returns their envelope ids. `spool` is a SQLite
+    file, or the URL of a migrated PostgreSQL spool (voltd's `PgSpoolDB.insert`).
 
     (Making the events on all CPUs with a process pool was tried: on a shared 2-CPU machine
     it was no faster, so this stays simple.)
     """
     now = time.time()
-    db = SpoolDB(spool_path)
+    db: SpoolDB | PgSpoolDB = PgSpoolDB(spool) if isinstance(spool, str) else SpoolDB(spool)
     ids: list[str] = []
     try:
         for i in range(0, count, PREFILL_CHUNK):
@@ -261,24 +265,47 @@ def _drain_cpu(
     }
 
 
-def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
-    """Pre-filled backlog → daemon without the sink → configure the sink, SIGHUP → drained."""
-    directory = setup.workdir / "drain"
+def run_drain(
+    setup: Setup,
+    backlog: int,
+    *,
+    spool_url: str | None = None,
+    name: str = "drain",
+    spool_mb: Callable[[], float] | None = None,
+    db_cpu: Callable[[], float | None] | None = None,
+    db_on_daemon_cpu: bool = True,
+) -> dict[str, Any]:
+    """Pre-filled backlog → daemon without the sink → configure the sink, SIGHUP → drained.
+
+    `spool_url`: a fresh, migrated PostgreSQL spool instead of a SQLite file (`name` then
+    names the phase, its directory and log; `spool_mb` measures the database's size, and
+    `db_cpu` reads the database server's CPU seconds so far, which is then shown apart from
+    other work on the daemon's CPU when `db_on_daemon_cpu`).
+    """
+    directory = setup.workdir / name
     directory.mkdir()
-    spool_path = directory / "spool.db"
-    print(f"\n[drain] writing a backlog of {backlog} events into a fresh spool", flush=True)
+    spool: Path | str = spool_url if spool_url is not None else directory / "spool.db"
+    kind = "PostgreSQL" if spool_url is not None else "SQLite"
+    print(f"\n[{name}] writing a backlog of {backlog} events into a fresh {kind} spool", flush=True)
     t0 = time.monotonic()
-    ids = prefill(spool_path, backlog, setup.args.seed + 7)
+    ids = prefill(spool, backlog, setup.args.seed + 7)
     out: dict[str, Any] = {
+        "spool": kind,
         "backlog": backlog,
         "prefill_s": time.monotonic() - t0,
-        "spool_mb": sum(p.stat().st_size for p in directory.glob("spool.db*")) / 2**20,
+        "spool_mb": (
+            spool_mb()
+            if spool_mb is not None
+            else sum(p.stat().st_size for p in directory.glob("spool.db*")) / 2**20
+        ),
     }
     port, admin_port = free_port(), free_port()
     server = launch_voltd(
-        "voltd (drain)",
+        f"voltd ({name})",
         directory,
-        voltd_config(port, admin_port, keys_dir=setup.voltd_dir, archive_path=None),
+        voltd_config(
+            port, admin_port, keys_dir=setup.voltd_dir, archive_path=None, spool_url=spool_url
+        ),
         admin_port,
         setup.server_cpu,
     )
@@ -287,7 +314,7 @@ def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
     try:
         rss: dict[str, Any] = {"ready": memory_mb(server.pid)}
         out["rss_mb"] = rss
-        pending = spool_pending(spool_path, "archive")
+        pending = spool_pending(spool, "archive")
         if pending["pending"] != backlog:
             raise BenchError(
                 f"the spool holds {pending['pending']} archive deliveries, not {backlog}"
@@ -297,16 +324,17 @@ def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
         counter = LineCounter(directory / SINK_DIRS["archive"])
         timeout = DRAIN_TIMEOUT + backlog / 1000
         print(
-            f"[drain] {backlog} deliveries pending; configuring the archive sink (SIGHUP), "
+            f"[{name}] {backlog} deliveries pending; configuring the archive sink (SIGHUP), "
             f"draining (up to {timeout:.0f} s)",
             flush=True,
         )
         cpu_before = cpu_seconds(server.pid)
         core_before = cpu_busy_seconds(setup.server_cpu)
+        db_before = db_cpu() if db_cpu is not None else None
         start = _repair(
             server,
             directory / "voltd.toml",
-            voltd_config(port, admin_port, keys_dir=setup.voltd_dir),
+            voltd_config(port, admin_port, keys_dir=setup.voltd_dir, spool_url=spool_url),
         )
         first: float | None = None
         done: float | None = None
@@ -328,6 +356,13 @@ def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
             core_before,
             cpu_busy_seconds(setup.server_cpu),
         )
+        db_after = db_cpu() if db_cpu is not None else None
+        if db_before is not None and db_after is not None and end > start:
+            # The database's own work is not a disturbance: shown apart.
+            db_share = (db_after - db_before) / (end - start)
+            out["cpu"]["db_share"] = db_share
+            if out["cpu"]["other_share"] is not None and db_on_daemon_cpu:
+                out["cpu"]["other_share"] = max(0.0, out["cpu"]["other_share"] - db_share)
         rss["peak_during_drain"] = sampler.peak(start, end)
         time.sleep(1.0)
         rss["after_drain"] = memory_mb(server.pid)
@@ -346,7 +381,7 @@ def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
                 ),
             }
         )
-        out["after"] = spool_pending(spool_path, "archive")
+        out["after"] = spool_pending(spool, "archive")
         # Every event exactly once (a full read of the archive: after the timing).
         reader = SinkReader(directory)
         reader.poll()
@@ -355,11 +390,11 @@ def run_drain(setup: Setup, backlog: int) -> dict[str, Any]:
         out["duplicates"] = sum(c - 1 for c in have.values() if c > 1)
         out["rss_mb"]["samples"] = len(sampler.samples)
     except BenchError as exc:
-        print(f"[drain] error: {exc}", flush=True)
+        print(f"[{name}] error: {exc}", flush=True)
         out["error"] = str(exc)
     finally:
         sampler.stop()
-        _finish(server, out, "voltd-drain")
+        _finish(server, out, f"voltd-{name}")
     if "rss_mb" in out:
         out["rss_mb"]["hwm_lifetime"] = (out["rss_mb"].get("after_drain") or {}).get("VmHWM")
     return out
@@ -459,18 +494,27 @@ def report_sinkdown(
     ]
 
 
-def report_drain(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Print the backlog drain and memory section; return (problems, checks)."""
+def report_drain(
+    r: dict[str, Any],
+    phase: str = "drain",
+    rate_target: float | None = DRAIN_TARGET_PER_S,
+    detail: str | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Print the backlog drain and memory section; return (problems, checks). `phase` names
+    it (`pg-drain` reuses it); without `rate_target` the rate is shown but not judged;
+    `detail` is printed under the first line."""
     print()
-    problems = server_exit_problems("drain", r)
+    problems = server_exit_problems(phase, r)
     if "backlog" not in r:
-        print(f"drain: FAILED: {r.get('error', '?').splitlines()[0]}")
-        return problems, [check("drain", "backlog drain to the archive", "-", "", None)]
+        print(f"{phase}: FAILED: {r.get('error', '?').splitlines()[0]}")
+        return problems, [check(phase, "backlog drain to the archive", "-", "", None)]
     print(
-        f"drain: {r['backlog']} events pre-filled for the archive "
-        f"({r['prefill_s']:.1f} s, spool {r['spool_mb']:.0f} MB); daemon started without that "
-        f"sink, then it was configured and SIGHUP sent"
+        f"{phase}: {r['backlog']} events pre-filled for the archive "
+        f"({r['prefill_s']:.1f} s, {r.get('spool', 'SQLite')} spool {r['spool_mb']:.0f} MB); "
+        f"daemon started without that sink, then it was configured and SIGHUP sent"
     )
+    if detail:
+        print(f"  {detail}")
     rate = r.get("per_s")
     if r.get("complete"):
         print(
@@ -480,18 +524,24 @@ def report_drain(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         )
     elif "complete" in r:
         print(f"  NOT drained: {r['lines']} of {r['backlog']} lines in the archive")
-        problems.append(f"drain: only {r['lines']} of {r['backlog']} events reached the archive")
+        problems.append(f"{phase}: only {r['lines']} of {r['backlog']} events reached the archive")
     if r.get("missing"):
-        problems.append(f"drain: {r['missing']} backlog events missing from the archive")
+        problems.append(f"{phase}: {r['missing']} backlog events missing from the archive")
     if r.get("duplicates"):
         print(f"  {r['duplicates']} duplicate lines in the archive")
     cpu = r.get("cpu") or {}
     if cpu.get("daemon_share") is not None:
         print(
             f"  the daemon used {100 * cpu['daemon_share']:.0f}% of its CPU while draining "
-            f"(below 100%: it waits, mostly on the sink's fsyncs); other work took "
-            f"{100 * (cpu.get('other_share') or 0):.0f}% of that CPU"
+            + (
+                "(below 100%: it waits, on the database and the sink's fsyncs); other work took "
+                if cpu.get("db_share") is not None
+                else "(below 100%: it waits, mostly on the sink's fsyncs); other work took "
+            )
+            + f"{100 * (cpu.get('other_share') or 0):.0f}% of that CPU"
         )
+    if cpu.get("db_share") is not None:
+        print(f"  PostgreSQL used {100 * cpu['db_share']:.0f}% of a CPU meanwhile")
     rss = r.get("rss_mb") or {}
 
     def mb(key: str) -> float | None:
@@ -510,19 +560,24 @@ def report_drain(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         )
     if "error" in r:
         print(f"  FAILED: {r['error'].splitlines()[0]}")
+    checks = []
+    if rate_target is not None:
+        checks.append(
+            check(
+                phase,
+                f"backlog drain to the archive ({r['backlog']} events)",
+                fmt(rate, ",.0f") + "/s",
+                f">= {rate_target:,.0f}/s",
+                None if rate is None else rate >= rate_target,
+                "noisy: other work on the daemon's CPU"
+                if (cpu.get("other_share") or 0.0) > NOISY_SHARE
+                else "",
+            )
+        )
     return problems, [
+        *checks,
         check(
-            "drain",
-            f"backlog drain to the archive ({r['backlog']} events)",
-            fmt(rate, ",.0f") + "/s",
-            f">= {DRAIN_TARGET_PER_S:,}/s",
-            None if rate is None else rate >= DRAIN_TARGET_PER_S,
-            "noisy: other work on the daemon's CPU"
-            if (cpu.get("other_share") or 0.0) > NOISY_SHARE
-            else "",
-        ),
-        check(
-            "drain",
+            phase,
             "RSS growth while draining (peak - pending)",
             fmt(growth, "+.1f") + " MB",
             f"<= +{RSS_FLAT_MB:.0f} MB",

@@ -3,8 +3,10 @@
     uv run python bench/run.py [--duration 10] [--connections 16] [--events N] [--only bare|voltd]
                                [--phases PHASES] [--skip PHASES] [--probe-rate 15]
                                [--backlog 100000] [--relay-events N] [--relay-concurrency 4]
+                               [--pg-cpu server|client] [--pg-two-spread]
 
-PHASES: comma-separated from ingest,e2e,sinkdown,drain,commit,relay,relaylatency,stalled.
+PHASES: comma-separated from ingest,e2e,sinkdown,drain,commit,relay,relaylatency,stalled,
+pg-ingest,pg-two,pg-drain.
 
 - ingest: voltd against the bare web stack it is built on (hypercorn + quart-trio), the same
   pre-signed, unique Volt webhooks over HTTPS from wrk (1 thread, keep-alive), each after a
@@ -18,6 +20,11 @@ PHASES: comma-separated from ingest,e2e,sinkdown,drain,commit,relay,relaylatency
   1, 4 and 16, against that receiver's own ceiling under wrk.
 - relaylatency (relay.py): voltd's 200 -> the request at the receiver, idle and under load.
 - stalled (relay.py): ingest with the relay's receiver stalled vs healthy.
+- pg-ingest (shared.py): the ingest load against voltd with a PostgreSQL spool vs a SQLite
+  spool, in the same run (durable PostgreSQL from tests/pg.py, pinned with voltd by default).
+- pg-two (shared.py): two voltd instances on one PostgreSQL database, the load split across
+  them, vs one instance.
+- pg-drain (shared.py): the drain phase on a PostgreSQL spool, beside the SQLite drain.
 
 Results go to the terminal and to bench/out/latest.json; the exit status is 0 when all is
 well, 1 when something was wrong (errors, lost events, non-2xx), 3 when only a performance
@@ -77,6 +84,15 @@ from relay import (
 )
 from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
 from servers import Server, free_port, healthz_probe, http_get, https_probe, memory_mb, post_signed
+from shared import (
+    Postgres,
+    report_pg_drain,
+    report_pg_ingest,
+    report_pg_two,
+    run_pg_drain,
+    run_pg_ingest,
+    run_pg_two,
+)
 from sinks import SinkReader, expected_deliveries, wait_drained
 from stages import profile_finish, profile_report, profile_start
 from workload import (
@@ -345,9 +361,22 @@ def default_events(duration: int) -> int:
     return math.ceil(duration * EXPECTED_RATE * HEADROOM)
 
 
-PHASES = ("ingest", "e2e", "sinkdown", "drain", "commit", "relay", "relaylatency", "stalled")
+PHASES = (
+    "ingest",
+    "e2e",
+    "sinkdown",
+    "drain",
+    "commit",
+    "relay",
+    "relaylatency",
+    "stalled",
+    "pg-ingest",
+    "pg-two",
+    "pg-drain",
+)
 # The ones that need wrk and signed events (relay needs wrk only).
-LOAD_PHASES = {"ingest", "e2e", "sinkdown", "relaylatency", "stalled"}
+LOAD_PHASES = {"ingest", "e2e", "sinkdown", "relaylatency", "stalled", "pg-ingest", "pg-two"}
+PG_PHASES = {"pg-ingest", "pg-two", "pg-drain"}
 RELAY_INGEST_PHASES = {"relaylatency", "stalled"}  # both need the healthy-receiver run
 
 
@@ -393,7 +422,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--probe-rate", type=float, default=15.0, help="e2e probe requests per second (15)"
     )
     p.add_argument(
-        "--backlog", type=int, default=100_000, help="drain phase: events in the backlog (100000)"
+        "--backlog",
+        type=int,
+        default=100_000,
+        help="drain and pg-drain phases: events in the backlog (100000)",
     )
     p.add_argument(
         "--relay-events",
@@ -424,6 +456,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="sample voltd with py-spy during its load and sum the time by stage "
         "(`uv run --with py-spy ...`; the profiled run's req/s is not one to compare)",
+    )
+    p.add_argument(
+        "--pg-cpu",
+        choices=["server", "client"],
+        default="server",
+        help="pg phases: pin PostgreSQL to voltd's CPU (server, default: the same one core as "
+        "the SQLite spool gets) or to wrk's (client)",
+    )
+    p.add_argument(
+        "--pg-two-spread",
+        action="store_true",
+        help="pg-two: run the second instance on wrk's CPU instead of the first one's",
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--seed", type=int, default=1, help="seed for the event mix (1)")
@@ -697,16 +741,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wrk_timeout_s": WRK_TIMEOUT_SECONDS,
             "pinning": pinning,
             "probe_rate_per_s": probe_rate,
-            "backlog": args.backlog if "drain" in phases else None,
+            "backlog": args.backlog if {"drain", "pg-drain"} & phases else None,
             "commit_events": args.commit_events if "commit" in phases else None,
             "commit_seconds": args.commit_seconds if "commit" in phases else None,
             "relay_events": args.relay_events if "relay" in phases else None,
             "relay_concurrency": (args.relay_concurrency if RELAY_INGEST_PHASES & phases else None),
+            "pg_cpu": args.pg_cpu if PG_PHASES & phases else None,
+            "pg_two_spread": args.pg_two_spread if "pg-two" in phases else None,
         },
         "targets": {},
     }
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="voltd-bench-"))
+    postgres: Postgres | None = None
     try:
         try:
             setup = prepare(args, workdir)
@@ -763,6 +810,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if "stalled" in phases:
             results["stalled"] = run_phase("stalled", lambda: run_relay_ingest(setup, "stall"))
+        if PG_PHASES & phases:
+            # One durable PostgreSQL server for the pg phases, started by the first of them.
+            pg_cpu = setup.server_cpu if args.pg_cpu == "server" else setup.client_cpu
+            pg = postgres = Postgres(pg_cpu, args.pg_cpu)
+            if "pg-ingest" in phases:
+                results["pg-ingest"] = run_phase("pg-ingest", lambda: run_pg_ingest(setup, pg))
+            if "pg-two" in phases:
+                results["pg-two"] = run_phase(
+                    "pg-two", lambda: run_pg_two(setup, pg, results.get("pg-ingest"))
+                )
+            if "pg-drain" in phases:
+                results["pg-drain"] = run_phase(
+                    "pg-drain",
+                    lambda: run_pg_drain(setup, pg, args.backlog, results.get("drain")),
+                )
+            results["postgres"] = pg.info or None
+            pg.close()
         results["runtime_s"] = time.monotonic() - started
 
         print()
@@ -786,6 +850,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("relay", lambda r: report_relay(r)),
             ("relaylatency", lambda r: report_relaylatency(r, "relaylatency" in phases)),
             ("stalled", lambda r: report_stalled(r, results.get("relaylatency"), volt)),
+            ("pg-ingest", lambda r: report_pg_ingest(r, args.connections)),
+            ("pg-two", lambda r: report_pg_two(r, args.connections)),
+            ("pg-drain", lambda r: report_pg_drain(r)),
         ):
             if key in results:
                 more_problems, more_checks = reporter(results[key])
@@ -813,6 +880,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 3
         return 0
     finally:
+        if postgres is not None:
+            postgres.close()
         if args.keep:
             print(f"kept: {workdir}")
         else:

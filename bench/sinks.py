@@ -17,6 +17,7 @@ from workload import SINK_DIRS, BenchEvent
 from voltd.events import Event
 from voltd.events import parse as parse_envelope
 from voltd.spool import SpoolDB
+from voltd.spool_pg import PgSpoolDB
 
 # -- sink files -----------------------------------------------------------------------------
 
@@ -135,23 +136,40 @@ class LineCounter:
 # -- spool ----------------------------------------------------------------------------------
 
 
-def spool_pending(spool_path: Path, sink: str) -> dict[str, Any]:
-    """Read-only look at one sink's deliveries in a spool that a daemon may be using.
+def spool_pending(spool: Path | str, sink: str) -> dict[str, Any]:
+    """Read-only look at one sink's deliveries in a spool that a daemon may be using: a SQLite
+    file (a Path) or a PostgreSQL spool (its URL, a str; bench/shared.py).
 
     The same numbers as `voltd spool status`, plus the attempts made so far, how many
     deliveries the backoff has scheduled for later than now, and how far ahead the latest is.
     """
     now = time.time()
-    db = SpoolDB(spool_path, readonly=True)
-    try:
-        status = db.status()
-        n, attempts, later, latest = db.conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(attempts), 0), COALESCE(SUM(next_at > ?), 0),"
-            " MAX(next_at) FROM deliveries WHERE sink = ? AND state = 0",
-            (now, sink),
-        ).fetchone()
-    finally:
-        db.close()
+    if isinstance(spool, str):
+        pg = PgSpoolDB(spool)
+        try:
+            status = pg.status()
+            with pg.conn.transaction():
+                row = pg.conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(attempts), 0),"
+                    " COALESCE(SUM((next_at > %s)::int), 0), MAX(next_at)"
+                    " FROM deliveries WHERE sink = %s AND state = 0",
+                    (now, sink),
+                ).fetchone()
+            assert row is not None
+            n, attempts, later, latest = row
+        finally:
+            pg.close()
+    else:
+        db = SpoolDB(spool, readonly=True)
+        try:
+            status = db.status()
+            n, attempts, later, latest = db.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(attempts), 0), COALESCE(SUM(next_at > ?), 0),"
+                " MAX(next_at) FROM deliveries WHERE sink = ? AND state = 0",
+                (now, sink),
+            ).fetchone()
+        finally:
+            db.close()
     return {
         "status": status,
         "pending": n,

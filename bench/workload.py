@@ -244,6 +244,7 @@ def voltd_config(
     keys_dir: Path | None = None,
     archive_path: str | None = ARCHIVE_PATH,
     relay: str | None = None,
+    spool_url: str | None = None,
 ) -> str:
     """A realistic configuration (DESIGN.md §4): named numbers, fan-out, a final route.
 
@@ -252,9 +253,11 @@ def voltd_config(
     wait in the spool), so that everything else about the daemon stays the same. `keys_dir`
     is where the certificate and public key are when the config lives in another directory.
     `relay` (the relay phases) is the body of a `[sinks.relay]` table: the archive route then
-    sends every event to that sink as well (`RELAY_SINK`).
+    sends every event to that sink as well (`RELAY_SINK`). `spool_url` (the PostgreSQL phases,
+    bench/shared.py) puts the spool in that database instead of `spool.db`.
     """
     keys = "" if keys_dir is None else f"{keys_dir}/"
+    spool = 'path = "spool.db"' if spool_url is None else f"url = {json.dumps(spool_url)}"
     archive_route = archive_sink = relay_sink = ""
     if archive_path is not None:
         also = f', "{RELAY_SINK}"' if relay is not None else ""
@@ -287,7 +290,7 @@ bind = "{HOST}:{admin_port}"
 public_keys = ["{keys}volt_id_rsa.pub"]
 
 [spool]
-path = "spool.db"
+{spool}
 
 [numbers]
 front-desk = "+1 (212) 555-0123"

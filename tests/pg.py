@@ -14,6 +14,8 @@ the binaries run as the current user.
 Durability is off (`fsync=off`, `full_page_writes=off`, initdb `--no-sync`): the data of a
 stopped or SIGKILLed server survives, since the operating system keeps it, but not a crash of
 the machine. That is all the tests need, and it makes a start and a database cheap.
+`PostgresServer(durable=True)` (the benchmark) keeps PostgreSQL's durable defaults instead:
+`fsync=on`, `full_page_writes=on`, and initdb syncs its files.
 
 Nothing is left running by a test run that dies: `cleanup` runs at exit, and a watchdog process
 (which outlives a SIGKILL or `os._exit` of the test run) stops the server and removes its folder
@@ -120,7 +122,9 @@ shutil.rmtree(root, ignore_errors=True)
 class PostgresServer:
     """One PostgreSQL server in a temporary folder, started by the constructor."""
 
-    def __init__(self, *, bindir: Path | None = None, start_timeout: int = 60) -> None:
+    def __init__(
+        self, *, bindir: Path | None = None, start_timeout: int = 60, durable: bool = False
+    ) -> None:
         found = bindir or find_bindir()
         if found is None:
             raise PostgresUnavailable(
@@ -129,6 +133,7 @@ class PostgresServer:
             )
         self.bindir: Path = found
         self.start_timeout = start_timeout
+        self.durable = durable
         self._as: list[str] = []
         owner: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
@@ -168,7 +173,7 @@ class PostgresServer:
                 "--auth=trust",
                 "--encoding=UTF8",
                 "--locale=C",
-                "--no-sync",
+                *([] if durable else ["--no-sync"]),
                 "--no-instructions",
             )  # fmt: skip
             self.initdb_seconds = time.monotonic() - t
@@ -229,9 +234,10 @@ class PostgresServer:
             "-c", f"listen_addresses={self.host}",
             # Tests only: no fsync (see the module's docstring); commits still wait for the WAL
             # write, so what a test saw committed survives a stop or a SIGKILL of the server.
-            "-c", "fsync=off",
+            # With `durable` (the benchmark), every commit is fsync'd as in production.
+            "-c", f"fsync={'on' if self.durable else 'off'}",
             "-c", "synchronous_commit=on",
-            "-c", "full_page_writes=off",
+            "-c", f"full_page_writes={'on' if self.durable else 'off'}",
             "-c", "max_connections=200",
         ]  # fmt: skip
         self._run(
