@@ -61,7 +61,7 @@ public_keys = ["keys/volt_id_rsa.pub"]
 {verify_extra}
 
 [spool]
-path = "spool.db"
+{spool}
 
 [retry]
 initial = "100ms"
@@ -196,10 +196,17 @@ class Daemon:
         verify_extra: str = 'max_age = "7d"',
         give_up_after: str = "1h",
         plugin_dirs: bool = False,
+        spool: str = 'path = "spool.db"',
     ) -> Path:
         """Write the config; `plugin_dirs` adds the deployment's `plugins/` directory (a
-        top-level key, so it goes before the first table)."""
-        text = BASE_CONFIG.format(body=body, verify_extra=verify_extra, give_up_after=give_up_after)
+        top-level key, so it goes before the first table); `spool` is the body of `[spool]`
+        (e.g. `url = "postgresql://…"` for a spool shared by several deployments)."""
+        text = BASE_CONFIG.format(
+            body=body,
+            verify_extra=verify_extra,
+            give_up_after=give_up_after,
+            spool=spool,
+        )
         if plugin_dirs:
             text = 'plugin_dirs = ["plugins"]\n' + text
         self.config.write_text(text)

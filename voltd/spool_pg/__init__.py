@@ -9,8 +9,9 @@ The same interface as the SQLite `voltd.spool.Spool`, with what sharing needs:
   `duplicate`.
 - Delivery: `due()` claims the rows it returns (`FOR UPDATE SKIP LOCKED`, then a lease:
   `lease_owner`, `lease_until`), so instances never get the same delivery while its lease
-  runs; recording an outcome clears the lease; the rows of an instance that died are taken
-  over when their lease expires.
+  runs; recording an outcome clears the lease; the rows of an instance that died (no session
+  of it left on the database) are taken over at once, those of one that hangs when their
+  lease expires.
 - Order: a sink with `concurrency = 1` delivers from one instance at a time. Its worker calls
   `acquire_sink()` before `due()`: a session advisory lock on a connection of its own, held
   until `release_sink()` or until that connection closes (the instance died), so a new holder

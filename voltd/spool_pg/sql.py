@@ -384,14 +384,26 @@ def _put_status(conn: Conn, me: str, sink: str, s: Mapping[str, Any], now: float
 def _due(
     conn: Conn, me: str, lease: float, sink: str, now: float, limit: int, held: bool
 ) -> list[Due]:
-    """Claim up to `limit` due deliveries: unclaimed, claimed by us, or whose claim expired
-    (or any, when we hold the sink's advisory lock: whoever claimed them has lost it)."""
+    """Claim up to `limit` due deliveries: unclaimed, claimed by us, whose claim expired, or
+    claimed by an instance that died (or any, when we hold the sink's advisory lock: whoever
+    claimed them has lost it).
+
+    An instance that died has no session left on the database (`_app_name` names every
+    session it opens): its claims are taken over at once, not a lease later, which after a
+    `kill -9` would leave the events it had claimed waiting for minutes while another
+    instance idles. One that still has a session (it hangs, say) keeps them until the lease
+    ends.
+    """
     t = time.time()
     rows = conn.execute(
         "WITH c AS ("
         " SELECT event_seq FROM deliveries"
         " WHERE sink = %(sink)s AND state = 0 AND next_at <= %(now)s"
-        " AND (lease_until IS NULL OR lease_until < %(t)s OR lease_owner = %(me)s OR %(held)s)"
+        " AND (lease_until IS NULL OR lease_until < %(t)s OR lease_owner = %(me)s OR %(held)s"
+        # An owner with no session here died. (`left` as the server cuts application_name.)
+        "  OR left('voltd ' || lease_owner, 63) NOT IN (SELECT application_name"
+        "   FROM pg_stat_activity WHERE datname = current_database()"
+        "   AND application_name IS NOT NULL))"
         " ORDER BY next_at, event_seq LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
         "), u AS ("
         " UPDATE deliveries d SET lease_owner = %(me)s, lease_until = %(until)s FROM c"
