@@ -292,11 +292,7 @@ class SinkWorker:
         (PostgreSQL) spool, the instance that holds its lock; the others stand by."""
         if self.concurrency != 1:
             return True
-        try:
-            return await self.spool.acquire_sink(self.name)
-        except SpoolError as exc:
-            log.error("sink %s: %s", self.name, exc)
-            return False
+        return await self.spool.acquire_sink(self.name)  # SpoolError: cannot tell now
 
     async def _run(self) -> None:
         opts = self.options
@@ -318,7 +314,13 @@ class SinkWorker:
                 if not self._enabled.is_set() and await self._retry_requested():
                     self.enable("voltd spool retry")
                 continue
-            if not await self._my_turn():
+            try:
+                mine = await self._my_turn()
+            except SpoolError as exc:
+                log.error("sink %s: cannot read the spool: %s", self.name, exc)
+                await self._hold(time.time() + opts.idle_poll)
+                continue
+            if not mine:
                 # Another instance delivers to it. Ask again at the idle poll, not at every
                 # wake-up: the lock's holder is woken by the same commits.
                 if not standby:

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -97,6 +98,7 @@ class PgSpool(GroupCommit):
         linger: float = 0.002,
         lease: float = 120.0,
         renew_every: float | None = None,
+        commit_wait: float = 2.0,
         pool_size: int = 8,
         connect_timeout: float = 5.0,
         listen_poll: float = 0.5,
@@ -110,6 +112,9 @@ class PgSpool(GroupCommit):
         #: How often claims are renewed (`_renew_leases`): a quarter of the lease by default.
         self.renew_every = renew_every if renew_every is not None else lease / 4
         self._connect_timeout = connect_timeout
+        #: How long a commit waits for a connection: while the database is away, requests
+        #: get their 503 after this, not after a whole connect timeout each.
+        self._commit_wait = commit_wait
         self._listen_poll = listen_poll
         self.started_at = time.time()
         kwargs: dict[str, Any] = {
@@ -121,12 +126,24 @@ class PgSpool(GroupCommit):
             "keepalives_count": 3,
         }
         self._kwargs = kwargs
+        try:
+            # Once by hand first: a refused connection, a wrong password or a missing
+            # database is said as such, at once (the pool would only say it timed out).
+            psycopg.connect(url, **kwargs).close()
+        except psycopg.Error as exc:
+            raise SpoolError(
+                f"{self.where}: cannot open the spool: {error_text(exc, url)}"
+            ) from exc
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
             kwargs=kwargs,
             timeout=connect_timeout,
+            # A connection that cannot be made is not retried with a backoff growing to
+            # minutes (the default): after a database restart, the next request asks for a
+            # new one, so ingest is back as soon as the database is.
+            reconnect_timeout=connect_timeout,
             open=False,
             name=f"voltd-{self.instance}",
         )
@@ -184,10 +201,11 @@ class PgSpool(GroupCommit):
 
     # -- running database calls -----------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(conn, *args)` in one transaction on a pooled connection (a worker thread)."""
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, wait: float | None = None) -> T:
+        """`fn(conn, *args)` in one transaction on a pooled connection (a worker thread),
+        waiting at most `wait` seconds for the connection (default: `connect_timeout`)."""
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=wait) as conn:
                 return fn(conn, *args)
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError) and not isinstance(
@@ -229,7 +247,7 @@ class PgSpool(GroupCommit):
         self, ingests: list[_Ingest], records: list[_Record]
     ) -> tuple[Sequence[Stored], Iterable[str]]:
         result: tuple[list[Stored], set[str]] = await trio.to_thread.run_sync(
-            self._call,
+            partial(self._call, wait=self._commit_wait),
             "spool commit failed",
             _apply,
             self.instance,
@@ -288,8 +306,8 @@ class PgSpool(GroupCommit):
         True: this instance holds the sink's session advisory lock (taken now, or still held:
         checked with a round trip on the lock connection). While it holds it, its `due()` also
         claims rows other instances had claimed: a holder that died lost the lock with its
-        connection. False: another instance holds it, or the database cannot be reached (then
-        the lock, if it was held, is gone with the connection). Wait and ask again."""
+        connection. False: another instance holds it; wait and ask again. SpoolError: the
+        database cannot be reached (a lock held is gone with the connection); ask later."""
         return await trio.to_thread.run_sync(self._acquire, sink, limiter=self._lock_limit)
 
     async def release_sink(self, sink: str) -> None:
@@ -312,9 +330,9 @@ class PgSpool(GroupCommit):
                     return True
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(sink),)).fetchone()
             except psycopg.Error as exc:
-                log.warning("sink %s: cannot take its lock: %s", sink, error_text(exc, self.url))
                 self._drop_lock_conn()
-                return False
+                why = error_text(exc, self.url)
+                raise SpoolError(f"{self.where}: cannot take sink {sink}'s lock: {why}") from exc
             if row and row[0]:
                 self._held.add(sink)
                 return True
