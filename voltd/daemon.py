@@ -11,8 +11,10 @@ committed or answered 503), give in-flight deliveries a grace period, then stop 
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
+import os
 import signal
 import ssl
 import time
@@ -118,6 +120,27 @@ def open_spool(config: Config, *, migrate: bool = False) -> SpoolLike:
     return PgSpool(conninfo)
 
 
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+
+
+def _fewer_malloc_arenas(arenas: int = 2) -> None:
+    """Give glibc's malloc at most `arenas` arenas, unless MALLOC_ARENA_MAX says otherwise.
+
+    Every thread that allocates gets an arena of its own by default (up to 8 per core), and
+    the spool's worker threads (many with PostgreSQL's connection pool) each keep their
+    freed memory: the PostgreSQL drain grew RSS by 43 MB instead of 25 (bench/, pg-drain),
+    at the same speed with two arenas. Elsewhere (musl, macOS) this does nothing."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_ARENA_MAX, arenas)
+
+
 @dataclass
 class Daemon:
     """A configured daemon; `run` serves until `shutdown` is set or a signal arrives."""
@@ -152,6 +175,7 @@ class Daemon:
         task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         workarounds.apply()
+        _fewer_malloc_arenas()
         # Opening (and migrating) a large spool blocks: systemd is asked for more time while
         # it takes long, until READY=1.
         self._startup = systemd.StartupExtender().__enter__()
