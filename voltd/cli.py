@@ -555,6 +555,20 @@ def _daemon_running(spool_path: Path) -> bool:
     return False
 
 
+#: The columns of `voltd spool status`'s table, in order (scripts and tests read them).
+STATUS_COLUMNS = (
+    "sink",
+    "state",
+    "pending",
+    "in flight",
+    "retrying",
+    "next retry",
+    "dead",
+    "done 1h",
+    "oldest",
+)
+
+
 def _spool_status(db: Any, config: Any, as_json: bool) -> None:
     import time
 
@@ -602,17 +616,7 @@ def _spool_status(db: Any, config: Any, as_json: bool) -> None:
     else:
         state = "running" if running else "not running"
         print(f"events stored: {db.event_count()}; daemon {state}")
-    head = (
-        "sink",
-        "state",
-        "pending",
-        "in flight",
-        "retrying",
-        "next retry",
-        "dead",
-        "done 1h",
-        "oldest",
-    )
+    head = STATUS_COLUMNS
     rows = [head]
     for sink, r in sorted(report.items()):
         nxt = _ago(r["next_retry"] - now) if r["next_retry"] else "-"
