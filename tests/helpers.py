@@ -1,6 +1,7 @@
 """Helpers shared by the tests (and by `fuzz/run.py`, which runs the properties without pytest):
-a real `voltd serve` process on loopback HTTPS (`Daemon`), realistic events (`make_event`), the
-vendor's example bodies (`EXAMPLES`) and the per-property example budget (`examples`).
+a real `voltd serve` process on loopback HTTPS (`Daemon`), a plain-HTTP endpoint that records
+what a daemon's http sinks relay to it (`RecordingReceiver`), realistic events (`make_event`),
+the vendor's example bodies (`EXAMPLES`) and the per-property example budget (`examples`).
 
 Fixtures and the hypothesis profiles live in tests/conftest.py.
 """
@@ -8,6 +9,7 @@ Fixtures and the hypothesis profiles live in tests/conftest.py.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -18,8 +20,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Self
 
 import httpx
 from hypothesis import HealthCheck, settings
@@ -377,3 +384,134 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise AssertionError("timed out; daemon log:\n" + "\n".join(self.log[-30:]))
             time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# A recording HTTP receiver
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request a `RecordingReceiver` read whole, and the status it answered."""
+
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    status: int
+
+    @cached_property  # parsed once: a crash test polls tens of thousands of them
+    def envelope_id(self) -> str:
+        """The `id` of the envelope that is the body (an http sink relays envelopes as JSON)."""
+        return str(json.loads(self.body)["id"])
+
+
+class RecordingReceiver:
+    """The endpoint a daemon's http sinks relay to, on plain HTTP at 127.0.0.1: it records
+    every POST it reads whole, in arrival order, *before* it answers, so a delivery counts once
+    the receiver has read it, whether or not the sender lived to read the answer (a real
+    receiver would have acted on it). HTTP/1.1 keep-alive; the answer comes at once, with an
+    empty body: `status` (200), or the status `set_status` gave the request's path.
+
+    It is one class because the tests that relay through real daemons (test_crash.py,
+    test_shared_spool.py, test_shared_spool_ops.py) each had their own copy of it.
+
+    The port is bound at once, so `url()` is known before a config is written; connections
+    are accepted from `start()` on, which the constructor calls unless `listen=False`: until
+    then a connection is refused, as at a closed port. A request cut off by a killed sender is
+    neither recorded nor answered, and the resets a `kill -9` causes are not logged. A context
+    manager (`stop()` at exit); the accessors may be called from any thread.
+    """
+
+    def __init__(self, *, status: int = 200, listen: bool = True) -> None:
+        self._status = status
+        self._statuses: dict[str, int] = {}
+        self._received: list[Received] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._server = _RecordingServer(self)
+        if listen:
+            self.start()
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def set_status(self, path: str, status: int | None) -> None:
+        """Answer requests to `path` with `status` from now on (None: the default again)."""
+        with self._lock:
+            if status is None:
+                self._statuses.pop(path, None)
+            else:
+                self._statuses[path] = status
+
+    def requests(self, path: str | None = None) -> list[Received]:
+        """What arrived (at `path`, or anywhere), in arrival order, whatever the answer."""
+        with self._lock:
+            return [r for r in self._received if path is None or r.path == path]
+
+    def ids(self, path: str) -> list[str]:
+        """The envelope ids of the requests to `path` answered 2xx (delivered), in arrival
+        order, repeats included."""
+        return [r.envelope_id for r in self.requests(path) if 200 <= r.status < 300]
+
+    def counts(self, path: str) -> Counter[str]:
+        """How many times each envelope id was delivered to `path`."""
+        return Counter(self.ids(path))
+
+    def start(self) -> None:
+        """Accept connections and answer them (in a thread of their own)."""
+        if self._thread is None:
+            self._server.server_activate()
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.05,), daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(5)
+        self._server.server_close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        """Record a request read whole; the status to answer it with."""
+        with self._lock:
+            status = self._statuses.get(path, self._status)
+            self._received.append(Received(path, headers, body, status))
+        return status
+
+
+class _RecordingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, receiver: RecordingReceiver) -> None:
+        self.receiver = receiver
+        super().__init__(("127.0.0.1", 0), _RecordingHandler, bind_and_activate=False)
+        self.server_bind()  # the port is taken; no listen() until start()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a killed daemon resets its connections: expected, not worth a traceback
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: _RecordingServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(length)
+        if len(body) < length:
+            return  # cut off by a kill: never read whole, so never delivered
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        status = self.server.receiver._answer(self.path, headers, body)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass

@@ -14,69 +14,29 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 import trio
 
-from tests.helpers import Daemon, make_event
+from tests.helpers import Daemon, RecordingReceiver, make_event
 
 ROUNDS = 20
 #: A relay's duplicates per kill, on average: the request in flight, and the few confirmed in
 #: the milliseconds before their outcome's commit (measured: about 1.5 at concurrency 1 under
 #: this load). A receiver drops them by `webhook-id`, which is the same on every retry.
 RELAY_DUPLICATES_PER_KILL = 5
-
-
-class Receiver(ThreadingHTTPServer):
-    """The relay's receiver: HTTP/1.1 keep-alive, answers 200 at once, counts envelope ids."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.ids: Counter[str] = Counter()
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/relay"
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a killed daemon resets its connections: expected, not worth a traceback
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        try:
-            eid = json.loads(body)["id"]
-        except ValueError:
-            return  # cut off by a kill: never answered, so never counted as delivered
-        with self.server.lock:
-            self.server.ids[eid] += 1
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+#: The path the relay posts to.
+RELAY = "/relay"
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[RecordingReceiver]:
+    """The relay's receiver: answers 200 at once; the relay posts to its `RELAY` path."""
+    with RecordingReceiver() as server:
+        yield server
 
 
 def routes(url: str) -> str:
@@ -129,9 +89,9 @@ async def load_until_killed(
 
 @pytest.mark.slow
 def test_kill_9_rounds_lose_nothing_and_duplicate_little(
-    daemon: Daemon, receiver: Receiver
+    daemon: Daemon, receiver: RecordingReceiver
 ) -> None:
-    daemon.configure(body=routes(receiver.url))
+    daemon.configure(body=routes(receiver.url(RELAY)))
     rng = random.Random(20261201)
     acked: list[str] = []
     for _ in range(ROUNDS):
@@ -145,10 +105,12 @@ def test_kill_9_rounds_lose_nothing_and_duplicate_little(
         return Counter(json.loads(line)["id"] for line in daemon.lines("out/all.jsonl"))
 
     want = set(acked)
-    daemon.wait_for(lambda: want <= set(archived()) and want <= set(receiver.ids), timeout=180)
+    daemon.wait_for(
+        lambda: want <= set(archived()) and want <= set(receiver.ids(RELAY)), timeout=180
+    )
     assert daemon.stop() == 0
     file_dups = sum(n - 1 for n in archived().values())
-    relay_dups = sum(n - 1 for n in receiver.ids.values())
+    relay_dups = sum(n - 1 for n in receiver.counts(RELAY).values())
     deliveries = 2 * len(acked)
     report = (
         f"{ROUNDS} kill -9 rounds, {len(acked)} acknowledged events ({deliveries} deliveries): "

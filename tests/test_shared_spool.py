@@ -2,9 +2,10 @@
 both while one is `kill -9`ed and restarted, one envelope sent to both at once, and an ordered
 sink that keeps its order across instances and across a takeover.
 
-The sinks relay to a real HTTP receiver on loopback that records every request in arrival
-order (path, envelope id): a delivery counts once the receiver has read it, whether or not the
-killed sender lived to read the answer, as a real receiver would have acted on it.
+The sinks relay to a real HTTP receiver on loopback (tests/helpers.py's `RecordingReceiver`)
+that records every request in arrival order (path, envelope id): a delivery counts once the
+receiver has read it, whether or not the killed sender lived to read the answer, as a real
+receiver would have acted on it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import trio
 
-from tests.helpers import Daemon, make_event
+from tests.helpers import Daemon, RecordingReceiver, make_event
 from tests.test_spool_pg import ev, running
 from voltd.delivery import CONFIRM_BATCH
 from voltd.spool_pg import PgSpool, migrate
@@ -33,58 +33,10 @@ from voltd.spool_pg import PgSpool, migrate
 RELAY_CONCURRENCY = 4
 
 
-class Receiver(ThreadingHTTPServer):
-    """Answers 200 at once; `seen` is every request it read, in order: (path, envelope id)."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-    def ids(self, path: str) -> list[str]:
-        """The envelope ids that reached `path`, in arrival order, repeats included."""
-        with self.lock:
-            return [eid for p, eid in self.seen if p == path]
-
-    def counts(self, path: str) -> Counter[str]:
-        return Counter(self.ids(path))
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a killed daemon resets its connections: expected, not worth a traceback
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        try:
-            eid = json.loads(body)["id"]
-        except ValueError:
-            return  # cut off by a kill: never read whole, so never delivered
-        with self.server.lock:
-            self.server.seen.append((self.path, eid))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[RecordingReceiver]:
+    with RecordingReceiver() as server:
+        yield server
 
 
 @pytest.fixture
@@ -241,7 +193,7 @@ class Load:
 
 @pytest.mark.slow
 def test_two_instances_under_load_with_kill_9_lose_nothing(
-    pair: tuple[Daemon, Daemon], spool_url: str, receiver: Receiver
+    pair: tuple[Daemon, Daemon], spool_url: str, receiver: RecordingReceiver
 ) -> None:
     """Every acknowledged event reaches both sinks, whichever instance stored it and whichever
     delivered it, though one instance is killed three times; duplicates stay few."""
@@ -321,7 +273,7 @@ def at_once(*calls: Callable[[], httpx.Response]) -> list[httpx.Response]:
 
 
 def test_same_envelope_to_both_at_once_is_delivered_once(
-    pair: tuple[Daemon, Daemon], spool_url: str, receiver: Receiver
+    pair: tuple[Daemon, Daemon], spool_url: str, receiver: RecordingReceiver
 ) -> None:
     """Volt retrying through another instance (a load balancer) must not make two events:
     both answer 200, one of them `duplicate`, and each sink gets the event once. The file
@@ -414,7 +366,7 @@ def runs_in_order(seen: list[str], posted: list[str]) -> list[tuple[int, int]]:
 
 @pytest.mark.slow
 def test_ordered_sink_keeps_order_across_instances_and_a_takeover(
-    pair: tuple[Daemon, Daemon], spool_url: str, receiver: Receiver
+    pair: tuple[Daemon, Daemon], spool_url: str, receiver: RecordingReceiver
 ) -> None:
     """Events posted one after another, alternately to A and B, arrive in posting order,
     however they were stored; killing the instance that delivers them hands the sink to the

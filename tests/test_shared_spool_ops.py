@@ -33,7 +33,6 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.helpers import Daemon, make_event
+from tests.helpers import Daemon, RecordingReceiver, make_event
 from tests.pg import PostgresServer, free_port
 from voltd.config import ConfigError, load
 from voltd.events import Event, parse
@@ -374,63 +373,16 @@ def test_database_restart_under_load_loses_no_acknowledged_event(
 # 2. The command line against PostgreSQL, with two instances running
 
 
-class Receiver(ThreadingHTTPServer):
-    """An HTTP receiver on 127.0.0.1 whose port is taken (bound) at once but that accepts
-    connections only after `open()`: until then a connection is refused, as at a closed port.
-    `/gone` answers 410 while `gone` is set; everything else 200. Envelope ids per path."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
-        self.server_bind()  # no listen(): connections are refused
-        self.gone = True
-        self.got: dict[str, Counter[str]] = {}
-        self.lock = threading.Lock()
-        self.serving = False
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def open(self) -> None:
-        self.server_activate()
-        self.serving = True
-        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
-
-    def ids(self, path: str) -> Counter[str]:
-        with self.lock:
-            return Counter(self.got.get(path, Counter()))
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        status = 410 if self.path == "/gone" and self.server.gone else 200
-        if status == 200:
-            with self.server.lock:
-                self.server.got.setdefault(self.path, Counter())[event_id(body)] += 1
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    if server.serving:
-        server.shutdown()
-    server.server_close()
+def receiver() -> Iterator[RecordingReceiver]:
+    """The relays' receiver: its port refuses connections until `start()`; `/gone` answers 410
+    until told otherwise, everything else 200."""
+    with RecordingReceiver(listen=False) as server:
+        server.set_status("/gone", 410)
+        yield server
 
 
-def relay_body(receiver: Receiver) -> str:
+def relay_body(receiver: RecordingReceiver) -> str:
     return f"""\
 [[routes]]
 name = "all"
@@ -442,12 +394,12 @@ path = "out/archive.jsonl"
 
 [sinks.relay]
 type = "http"
-url = "{receiver.base}/relay"
+url = "{receiver.url("/relay")}"
 retry = {{ give_up_after = "2s" }}
 
 [sinks.gone]
 type = "http"
-url = "{receiver.base}/gone"
+url = "{receiver.url("/gone")}"
 """
 
 
@@ -487,7 +439,10 @@ def status_table(out: str, sinks: list[str]) -> dict[str, dict[str, str]]:
 
 
 def test_cli_against_postgres_with_two_instances(
-    deployments: Callable[[str], Daemon], pg_url: str, postgres: PostgresServer, receiver: Receiver
+    deployments: Callable[[str], Daemon],
+    pg_url: str,
+    postgres: PostgresServer,
+    receiver: RecordingReceiver,
 ) -> None:
     where = f"postgresql://voltd@127.0.0.1:{postgres.port}/{dbname(pg_url)}"
     a, b, ops = deployments("a"), deployments("b"), deployments("ops")
@@ -538,7 +493,7 @@ def _cli_with_two_instances(
     cfg: list[str],
     db: PgSpoolDB,
     ids: set[str],
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     where: str,
 ) -> None:
     # The relay's port refuses connections: after 2 s each event is a dead letter.
@@ -576,13 +531,13 @@ def _cli_with_two_instances(
     assert status["sinks"]["gone"]["pending"] == 5 and status["sinks"]["gone"]["retrying"] == 5
 
     # The receiver opens; replay: the dead letters are pending again and delivered.
-    receiver.open()
+    receiver.start()
     out = ok(voltd("spool", "replay", "--sink", "relay", *cfg))
     assert out.startswith("5 dead letter(s) queued again"), out
     assert dead_ids() == set()
     assert "no dead letters" in ok(voltd("spool", "dead", *cfg))
     wait_until("the replayed relay", lambda: set(receiver.ids("/relay")) == ids, 30)
-    assert max(receiver.ids("/relay").values()) == 1
+    assert max(receiver.counts("/relay").values()) == 1
 
     # `gone` answers 410 now: the sink is disabled, its deliveries wait.
     def gone_state() -> object:
@@ -592,7 +547,7 @@ def _cli_with_two_instances(
     out = ok(voltd("spool", "status", *cfg))
     assert "gone: disabled: " in out and "`voltd spool retry --sink gone`" in out, out
     assert status_table(out, ["gone"])["gone"]["pending"] == "5", out
-    receiver.gone = False
+    receiver.set_status("/gone", None)
     out = ok(voltd("spool", "retry", "--sink", "gone", *cfg))
     assert out.startswith("sink gone: 5 waiting deliveries due now"), out
     wait_until("gone enabled and delivered", lambda: set(receiver.ids("/gone")) == ids, 30)
