@@ -35,14 +35,14 @@ from base import (
 )
 from load import summarize, wrk_load
 from probe import Probe
-from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
+from report import check, fmt, noisy_note, print_load_notes, ratio_check, server_exit_problems
 from servers import (
     RssSampler,
     Server,
     cpu_busy_seconds,
     cpu_seconds,
+    finish_server,
     free_port,
-    keep_log,
     launch_voltd,
     memory_mb,
     send_sanity,
@@ -70,16 +70,6 @@ SINKDOWN_TARGET_RATIO = 0.9
 # RSS counts as flat when the drain adds no more than this over the idle daemon with the
 # backlog pending: a per-batch working set, not a copy of the backlog.
 RSS_FLAT_MB = 32.0
-
-
-def _finish(server: Server, out: dict[str, Any], log_name: str) -> None:
-    """Stop the daemon as systemd would and keep what the JSON needs about its exit."""
-    server.stop()
-    out["exit_code"] = server.exit_code
-    out["stop_s"] = server.stop_seconds
-    out["killed_after_sigterm_timeout"] = server.killed
-    out["log_tail"] = tail(server.log_path, 10)
-    out["log_file"] = keep_log(server, log_name)
 
 
 def _repair(server: Server, config_path: Path, config_text: str) -> float:
@@ -212,7 +202,7 @@ def run_sinkdown(setup: Setup, probe_rate: float | None) -> dict[str, Any]:
     finally:
         if probe is not None:
             probe.close()
-        _finish(server, out, "voltd-sinkdown")
+        finish_server(server, out, "voltd-sinkdown")
     return out
 
 
@@ -394,7 +384,7 @@ def run_drain(
         out["error"] = str(exc)
     finally:
         sampler.stop()
-        _finish(server, out, f"voltd-{name}")
+        finish_server(server, out, f"voltd-{name}")
     if "rss_mb" in out:
         out["rss_mb"]["hwm_lifetime"] = (out["rss_mb"].get("after_drain") or {}).get("VmHWM")
     return out
@@ -481,15 +471,12 @@ def report_sinkdown(
             f"{fmt(p['ack_ms'].get('p50'), '.1f')} ms, p99 {fmt(p['ack_ms'].get('p99'), '.1f')} ms"
         )
     return problems, [
-        check(
+        ratio_check(
             "sinkdown",
             "req/s with the archive sink down vs normal",
-            fmt(ratio, ".2f") + "x",
-            f">= {SINKDOWN_TARGET_RATIO:.2f}x",
-            None if ratio is None else ratio >= SINKDOWN_TARGET_RATIO,
-            "noisy: other work on the CPUs"
-            if is_noisy(r) or (normal is not None and is_noisy(normal))
-            else "",
+            ratio,
+            SINKDOWN_TARGET_RATIO,
+            noisy_note(r, normal),
         )
     ]
 

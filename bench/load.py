@@ -235,15 +235,22 @@ def raw_latency(
 
 
 def wrk_load(
-    setup: Setup, url: str, requests_file: Path, seconds: int, tag: str, server: Server
+    setup: Setup,
+    url: str,
+    requests_file: Path,
+    seconds: int,
+    tag: str,
+    server: Server,
+    connections: int | None = None,
 ) -> WrkRun:
-    """run_wrk with the run's settings: its connections, pinning and work directory."""
+    """run_wrk with the run's settings: its connections (unless given), pinning and work
+    directory."""
     return run_wrk(
         setup.wrk,
         url,
         requests_file,
         seconds,
-        setup.args.connections,
+        setup.args.connections if connections is None else connections,
         setup.client_cpu,
         setup.workdir,
         tag,

@@ -51,13 +51,13 @@ from base import (
 )
 from load import WrkRun, ensure_tool, percentiles, run_wrk, summarize, wrk_load
 from probe import Probe, Sample
-from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
+from report import check, fmt, noisy_note, print_load_notes, ratio_check, server_exit_problems
 from servers import (
     Server,
     cpu_busy_seconds,
     cpu_seconds,
+    finish_server,
     free_port,
-    keep_log,
     launch_voltd,
     pin_to,
     send_sanity,
@@ -240,17 +240,6 @@ def _count_lines(path: Path | None) -> int:
         while chunk := f.read(1 << 20):
             n += chunk.count(b"\n")
     return n
-
-
-def _finish(server: Server | None, out: dict[str, Any], log_name: str) -> None:
-    if server is None:
-        return
-    server.stop()
-    out["exit_code"] = server.exit_code
-    out["stop_s"] = server.stop_seconds
-    out["killed_after_sigterm_timeout"] = server.killed
-    out["log_tail"] = tail(server.log_path, 10)
-    out["log_file"] = keep_log(server, log_name)
 
 
 # -- relay: throughput ------------------------------------------------------------------------
@@ -447,7 +436,7 @@ def _drain(
         print(f"[relay] concurrency {c}: error: {exc}", flush=True)
         out["error"] = str(exc)
     finally:
-        _finish(server, out, f"voltd-relay-c{c}")
+        finish_server(server, out, f"voltd-relay-c{c}")
         out["receiver_exit_code"] = receiver.stop()
     try:
         out["spool_after_stop"] = spool_pending(d / "spool.db", RELAY_SINK)["status"].get(
@@ -638,7 +627,7 @@ def run_relay_ingest(setup: Setup, mode: str) -> dict[str, Any]:
         for p in (idle, probe):
             if p is not None:
                 p.close()
-        _finish(server, out, f"voltd-{name}")
+        finish_server(server, out, f"voltd-{name}")
         out["receiver_exit_code"] = receiver.stop()
     return out
 
@@ -679,10 +668,6 @@ def _relay_delivered(
 
 
 # -- reporting --------------------------------------------------------------------------------
-
-
-def _noisy_note(*runs: dict[str, Any] | None) -> str:
-    return "noisy: other work on the CPUs" if any(r and is_noisy(r) for r in runs) else ""
 
 
 def report_relay(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -748,7 +733,7 @@ def report_relay(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             )
         if v.get("repeats"):
             print(f"  concurrency {c}: {v['repeats']} events arrived more than once")
-        note = _noisy_note(ceil) or (
+        note = noisy_note(ceil) or (
             "noisy: other work on voltd's CPU"
             if (v.get("server_core_other_share") or 0) > NOISY_SHARE
             else ""
@@ -758,13 +743,13 @@ def report_relay(r: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         # ceiling, which no Python client comes near (informational).
         ratio = row.get("ratio_to_client_alone")
         checks.append(
-            check(
+            ratio_check(
                 "relay",
                 f"deliveries/s vs a plain client, concurrency {c}",
-                fmt(ratio, ".3f") + "x",
-                f">= {RELAY_TARGET_RATIO:.2f}x",
-                None if ratio is None else ratio >= RELAY_TARGET_RATIO,
+                ratio,
+                RELAY_TARGET_RATIO,
                 note,
+                spec=".3f",
             )
         )
     print(
@@ -942,12 +927,11 @@ def report_stalled(
             else f"  the file sinks were MISSING events: {fs['missing']}"
         )
     return problems, [
-        check(
+        ratio_check(
             "stalled",
             "req/s, relay receiver stalled vs healthy",
-            fmt(ratio, ".2f") + "x",
-            f">= {STALLED_TARGET_RATIO:.2f}x",
-            None if ratio is None else ratio >= STALLED_TARGET_RATIO,
-            _noisy_note(r, healthy),
+            ratio,
+            STALLED_TARGET_RATIO,
+            noisy_note(r, healthy),
         )
     ]

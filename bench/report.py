@@ -29,6 +29,20 @@ def check(
     }
 
 
+def ratio_check(
+    phase: str, what: str, ratio: float | None, target: float, note: str = "", spec: str = ".2f"
+) -> dict[str, Any]:
+    """A ratio judged against the least it may be (`>= target`x); n/a without a ratio."""
+    return check(
+        phase,
+        what,
+        fmt(ratio, spec) + "x",
+        f">= {target:.2f}x",
+        None if ratio is None else ratio >= target,
+        note,
+    )
+
+
 def server_exit_problems(name: str, r: dict[str, Any]) -> list[str]:
     """A daemon that failed or did not exit 0 on SIGTERM is a problem whatever it measured."""
     problems = []
@@ -43,12 +57,36 @@ def server_exit_problems(name: str, r: dict[str, Any]) -> list[str]:
     return problems
 
 
+def load_problems(name: str, r: dict[str, Any], connections: int) -> list[str]:
+    """What went wrong in a wrk load (`load.summarize`'s numbers): non-2xx answers, more
+    requests unanswered than can be in flight when wrk stops, socket errors."""
+    problems = []
+    if r["non2xx"]:
+        problems.append(
+            f"{name}: {r['non2xx']} non-2xx answers {r['status_codes']}; first: {r['first_error']}"
+        )
+    if r["in_flight_at_end"] > connections:
+        problems.append(
+            f"{name}: {r['sent']} requests sent but only {r['completed']} answered; more than "
+            f"the {connections} that can be in flight when wrk stops"
+        )
+    errs = {k: v for k, v in r["socket_errors"].items() if v}
+    if errs:
+        problems.append(f"{name}: socket errors {errs}")
+    return problems
+
+
 def is_noisy(r: dict[str, Any]) -> bool:
     """Did other work take a noticeable share of the server's or the client's CPU?"""
     other = r.get("server_core_other_share") or 0.0
     steal = r.get("server_core_steal_share") or 0.0
     client_other = r.get("client_core_other_share") or 0.0
     return max(other + steal, client_other) > NOISY_SHARE
+
+
+def noisy_note(*runs: dict[str, Any] | None) -> str:
+    """A target's note when any of the runs it compares was disturbed (see `is_noisy`)."""
+    return "noisy: other work on the CPUs" if any(r and is_noisy(r) for r in runs) else ""
 
 
 def print_load_notes(name: str, r: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ from base import (
     tail,
 )
 from commit import report_commit, run_commit
-from load import WrkRun, ensure_wrk, run_wrk, summarize
+from load import WrkRun, ensure_wrk, summarize, wrk_load
 from probe import Probe, make_probe_events, report_e2e
 from relay import (
     IDLE_SECONDS,
@@ -82,8 +82,16 @@ from relay import (
     run_relay,
     run_relay_ingest,
 )
-from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
-from servers import Server, free_port, healthz_probe, http_get, https_probe, memory_mb, post_signed
+from report import (
+    check,
+    fmt,
+    load_problems,
+    noisy_note,
+    print_load_notes,
+    ratio_check,
+    server_exit_problems,
+)
+from servers import Server, free_port, healthz_probe, http_get, https_probe, memory_mb, send_sanity
 from shared import (
     Postgres,
     report_pg_drain,
@@ -155,28 +163,11 @@ def run_target(setup: Setup, name: str, probe_rate: float | None = None) -> dict
     server.start(setup.server_cpu)
     try:
         out["ready_s"] = server.wait_ready(probe)
-        status, body = post_signed(port, setup.certfile, *setup.sanity)
-        if not 200 <= status < 300:
-            raise BenchError(
-                f"{server.name} answered {status} to one correctly signed event before the load "
-                f"(expected 200): {body[:300]!r}\n  last lines of its output:\n"
-                f"{indent(tail(log_path))}"
-            )
+        send_sanity(setup, port, server)
         print(f"[{name}] ready in {out['ready_s']:.1f} s; warm-up {WARMUP_SECONDS} s", flush=True)
         if reader is not None:
             out["rss_mb"] = {"ready": memory_mb(server.pid)}
-        warm = run_wrk(
-            setup.wrk,
-            url,
-            setup.warmup_file,
-            WARMUP_SECONDS,
-            args.connections,
-            setup.client_cpu,
-            setup.workdir,
-            f"{name}-warmup",
-            server.pid,
-            setup.server_cpu,
-        )
+        warm = wrk_load(setup, url, setup.warmup_file, WARMUP_SECONDS, f"{name}-warmup", server)
         out["warmup"] = {
             "accepted": warm.result["ok"],
             "non2xx": warm.result["non2xx"],
@@ -211,18 +202,7 @@ def run_target(setup: Setup, name: str, probe_rate: float | None = None) -> dict
         if reader is not None and args.profile:
             OUT_DIR.mkdir(parents=True, exist_ok=True)
             profiler = profile_start(server.pid, args.duration, PROFILE_FILE)
-        run = run_wrk(
-            setup.wrk,
-            url,
-            setup.main_file,
-            args.duration,
-            args.connections,
-            setup.client_cpu,
-            setup.workdir,
-            name,
-            server.pid,
-            setup.server_cpu,
-        )
+        run = wrk_load(setup, url, setup.main_file, args.duration, name, server)
         if e2e_probe is not None:
             e2e_probe.stop_sending()
         out.update(summarize(run))
@@ -564,17 +544,10 @@ def ingest_checks(results: dict[str, Any]) -> list[dict[str, Any]]:
     if not ratio:
         return []
     targets = results["targets"]
-    note = "noisy: other work on the CPUs" if any(is_noisy(r) for r in targets.values()) else ""
+    note = noisy_note(*targets.values())
     req, p99 = ratio.get("req_per_s"), ratio.get("p99")
     return [
-        check(
-            "ingest",
-            "accepted req/s, voltd/bare",
-            fmt(req, ".2f") + "x",
-            f">= {INGEST_TARGET_RATIO:.2f}x",
-            None if req is None else req >= INGEST_TARGET_RATIO,
-            note,
-        ),
+        ratio_check("ingest", "accepted req/s, voltd/bare", req, INGEST_TARGET_RATIO, note),
         check(
             "ingest",
             "p99 ack latency, voltd/bare",
@@ -616,19 +589,7 @@ def report_ingest(results: dict[str, Any], args: argparse.Namespace) -> list[str
         )
         if r.get("latency_note"):
             print(f"        (latency from wrk's corrected histogram: {r['latency_note']})")
-        if r["non2xx"]:
-            problems.append(
-                f"{name}: {r['non2xx']} non-2xx answers {r['status_codes']}; "
-                f"first: {r['first_error']}"
-            )
-        if r["in_flight_at_end"] > args.connections:
-            problems.append(
-                f"{name}: {r['sent']} requests sent but only {r['completed']} answered; more "
-                f"than the {args.connections} that can be in flight when wrk stops"
-            )
-        errs = {k: v for k, v in r["socket_errors"].items() if v}
-        if errs:
-            problems.append(f"{name}: socket errors {errs}")
+        problems += load_problems(name, r, args.connections)
         problems += server_exit_problems(name, r)
     ratio = results.get("ratio")
     if ratio:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from base import (
     ENVELOPE_ID,
@@ -54,13 +55,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3 on), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User+system CPU time of a process and all its threads, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a server that runs child processes (PostgreSQL): the parent (with its
+    reaped children's time: those that exited) and every child it runs now."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        child = _stat_fields(int(entry.name))
+        if child is not None and child[1] == str(pid):
+            total += int(child[11]) + int(child[12])
+    return total / tick
 
 
 def cpu_busy_seconds(cpu: int | None) -> tuple[float, float] | None:
@@ -287,6 +312,19 @@ def keep_log(server: Server, name: str) -> str | None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(server.log_path, OUT_DIR / f"{name}.log")
     return str((OUT_DIR / f"{name}.log").relative_to(REPO_DIR))
+
+
+def finish_server(server: Server | None, out: dict[str, Any], log_name: str) -> None:
+    """Stop a daemon as systemd would and keep what the JSON needs about its exit, its output
+    as bench/out/LOG_NAME.log. Nothing when it was never started."""
+    if server is None:
+        return
+    server.stop()
+    out["exit_code"] = server.exit_code
+    out["stop_s"] = server.stop_seconds
+    out["killed_after_sigterm_timeout"] = server.killed
+    out["log_tail"] = tail(server.log_path, 10)
+    out["log_file"] = keep_log(server, log_name)
 
 
 def send_sanity(setup: Setup, port: int, server: Server) -> str:

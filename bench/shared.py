@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
-from backlog import _finish, report_drain, run_drain
+from backlog import report_drain, run_drain
 from base import (
     DRAIN_TIMEOUT,
     HOST,
@@ -52,18 +52,28 @@ from base import (
     indent,
     tail,
 )
-from load import WrkRun, run_wrk, summarize, wrk_load
-from report import check, fmt, is_noisy, print_load_notes, server_exit_problems
+from load import WrkRun, summarize, wrk_load
+from report import (
+    check,
+    fmt,
+    load_problems,
+    noisy_note,
+    print_load_notes,
+    ratio_check,
+    server_exit_problems,
+)
 from servers import (
     Server,
     cpu_busy_seconds,
     cpu_seconds,
+    finish_server,
     free_port,
     launch_voltd,
     memory_mb,
     send_sanity,
+    tree_cpu_seconds,
 )
-from sinks import SinkReader, expected_deliveries
+from sinks import SinkReader, SinkReaders, expected_deliveries, wait_drained
 from workload import SINK_DIRS, Setup, voltd_config
 
 from voltd.spool import SpoolError
@@ -99,30 +109,6 @@ def _tests_pg() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def tree_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of a PostgreSQL server: the postmaster (with its reaped children's time:
-    backends that exited) and every process it runs now (backends, walwriter, checkpointer…)."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    total = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        child = _stat_fields(int(entry.name))
-        if child is not None and child[1] == str(pid):
-            total += int(child[11]) + int(child[12])
-    return total / tick
 
 
 class Postgres:
@@ -220,6 +206,7 @@ class Postgres:
         return int(row[0]) / 2**20 if row else 0.0
 
     def cpu_seconds(self) -> float | None:
+        """The postmaster's (with backends that exited) and every process it runs now."""
         pid = None if self.server is None else self.server._read_pid()
         return None if pid is None else tree_cpu_seconds(pid)
 
@@ -249,53 +236,29 @@ def _db_share(out: dict[str, Any], db_seconds: float | None, pg: Postgres) -> No
         )
 
 
-def _wait_delivered(
-    readers: list[SinkReader], wanted: dict[str, list[str]], timeout: float
-) -> tuple[bool, float, dict[str, int], dict[str, Counter[str]]]:
-    """Poll one or more instances' sink files until, together, they hold every acknowledged
-    event on every sink it is routed to. Returns (complete, seconds, missing per sink, ids)."""
-    start = time.monotonic()
-    pending = {sink: list(dict.fromkeys(ids)) for sink, ids in wanted.items()}
-    while True:
-        merged: dict[str, Counter[str]] = {sink: Counter() for sink in SINK_DIRS}
-        for reader in readers:
-            reader.poll()
-            for sink in SINK_DIRS:
-                merged[sink].update(reader.ids.get(sink, Counter()))
-        pending = {s: [i for i in ids if i not in merged[s]] for s, ids in pending.items()}
-        elapsed = time.monotonic() - start
-        if not any(pending.values()) or elapsed > timeout:
-            return (
-                not any(pending.values()),
-                elapsed,
-                {s: len(m) for s, m in pending.items()},
-                merged,
-            )
-        time.sleep(0.05)
-
-
 def _sinks_after(
-    readers: list[SinkReader], accepted_ids: list[str], setup: Setup, load_end: float
+    sinks: SinkReaders, accepted_ids: list[str], setup: Setup, load_end: float
 ) -> dict[str, Any]:
     """After the load: every acknowledged event in every sink it is routed to (across all
     instances' sink files), how long after the load, and duplicates."""
     wanted = expected_deliveries(accepted_ids, setup.main_events)
-    complete, _, missing, merged = _wait_delivered(readers, wanted, DRAIN_TIMEOUT)
+    drain = wait_drained(sinks, wanted, 0, DRAIN_TIMEOUT)
     main_ids = {e.id for e in setup.main_events}
     out: dict[str, Any] = {
-        "all_acked_delivered": complete,
-        "drain_s_after_load": max(0.0, time.time() - load_end) if complete else None,
+        "all_acked_delivered": drain.complete,
+        "drain_s_after_load": max(0.0, time.time() - load_end) if drain.complete else None,
         "acked": len(set(accepted_ids)),
-        "missing": missing,
+        "missing": {s: len(m) for s, m in drain.missing.items()},
         "duplicates": {
             s: sum(c - 1 for i, c in ids.items() if c > 1 and i in main_ids)
-            for s, ids in merged.items()
+            for s, ids in sinks.ids.items()
         },
     }
+    readers = sinks.readers
     if len(readers) > 1:
         # Which instance delivered what (each writes its own sink files), and events that
         # more than one instance delivered (a claim taken twice).
-        per = [sum(sum(r.ids.get(s, Counter()).values()) for s in SINK_DIRS) for r in readers]
+        per = [sum(r.lines(s) for s in SINK_DIRS) for r in readers]
         out["lines_per_instance"] = per
         archive = [set(r.ids.get("archive", Counter())) & main_ids for r in readers]
         out["archive_by_more_than_one"] = len(set.intersection(*archive)) if archive else 0
@@ -320,18 +283,19 @@ def ingest_once(setup: Setup, pg: Postgres, name: str, spool_url: str | None) ->
         send_sanity(setup, port, server)
         print(f"[{name}] warm-up {WARMUP_SECONDS} s", flush=True)
         warm = wrk_load(setup, url, setup.warmup_file, WARMUP_SECONDS, f"{name}-warmup", server)
-        reader = SinkReader(directory)
-        w_complete, w_seconds, _, _ = _wait_delivered(
-            [reader],
+        sinks = SinkReaders([SinkReader(directory)])
+        warm_drain = wait_drained(
+            sinks,
             expected_deliveries(warm.accepted_ids, setup.warmup_events),
+            0,
             WARMUP_DRAIN_TIMEOUT,
         )
         out["warmup"] = {
             "accepted": warm.result["ok"],
             "non2xx": warm.result["non2xx"],
             "accepted_per_s": summarize(warm)["accepted_per_s"],
-            "drain_s": w_seconds,
-            "drained": w_complete,
+            "drain_s": warm_drain.seconds,
+            "drained": warm_drain.complete,
         }
         print(f"[{name}] measuring {args.duration} s with {args.connections} connections")
         db_before = pg.cpu_seconds() if spool_url else None
@@ -342,14 +306,13 @@ def ingest_once(setup: Setup, pg: Postgres, name: str, spool_url: str | None) ->
             _db_share(out, db_after - db_before, pg)
         if server.proc is not None and server.proc.poll() is not None:
             raise BenchError(f"voltd died during the load:\n{indent(tail(server.log_path))}")
-        out["sinks"] = _sinks_after([reader], run.accepted_ids, setup, run.load_end)
+        out["sinks"] = _sinks_after(sinks, run.accepted_ids, setup, run.load_end)
         out["rss_mb"]["after_drain"] = memory_mb(server.pid)
     except BenchError as exc:
         print(f"[{name}] error: {exc}", flush=True)
         out["error"] = str(exc)
     finally:
-        if server is not None:
-            _finish(server, out, f"voltd-{name}")
+        finish_server(server, out, f"voltd-{name}")
     return out
 
 
@@ -376,20 +339,8 @@ def run_pg_ingest(setup: Setup, pg: Postgres) -> dict[str, Any]:
 
 def _load_problems(name: str, r: dict[str, Any], connections: int) -> list[str]:
     problems = server_exit_problems(name, r)
-    if "accepted_per_s" not in r:
-        return problems
-    if r["non2xx"]:
-        problems.append(
-            f"{name}: {r['non2xx']} non-2xx answers {r['status_codes']}; first: {r['first_error']}"
-        )
-    if r["in_flight_at_end"] > connections:
-        problems.append(
-            f"{name}: {r['sent']} requests sent but only {r['completed']} answered; more than "
-            f"the {connections} that can be in flight when wrk stops"
-        )
-    errs = {k: v for k, v in r["socket_errors"].items() if v}
-    if errs:
-        problems.append(f"{name}: socket errors {errs}")
+    if "accepted_per_s" in r:
+        problems += load_problems(name, r, connections)
     return problems
 
 
@@ -466,15 +417,13 @@ def report_pg_ingest(r: dict[str, Any], connections: int) -> tuple[list[str], li
             f"  PostgreSQL/SQLite: req/s {fmt(req, '.2f')}x, p99 {fmt(ratio.get('p99'), '.2f')}x"
             f"  (req/s: higher is better; p99: lower is better)"
         )
-    noisy = any(is_noisy(r[k]) for k in ("sqlite", "pg") if "accepted_per_s" in r[k])
     return problems, [
-        check(
+        ratio_check(
             "pg-ingest",
             "accepted req/s, PostgreSQL/SQLite spool",
-            fmt(req, ".2f") + "x",
-            f">= {PG_INGEST_TARGET_RATIO:.2f}x",
-            None if req is None else req >= PG_INGEST_TARGET_RATIO,
-            "noisy: other work on the CPUs" if noisy else "",
+            req,
+            PG_INGEST_TARGET_RATIO,
+            noisy_note(*(r[k] for k in ("sqlite", "pg") if "accepted_per_s" in r[k])),
         )
     ]
 
@@ -506,17 +455,8 @@ def _wrk_pair(
 
     def one(i: int) -> None:
         try:
-            results[i] = run_wrk(
-                setup.wrk,
-                urls[i],
-                files[i],
-                seconds,
-                connections[i],
-                setup.client_cpu,
-                setup.workdir,
-                f"{tag}-{'ab'[i]}",
-                servers[i].pid,
-                setup.server_cpu,
+            results[i] = wrk_load(
+                setup, urls[i], files[i], seconds, f"{tag}-{'ab'[i]}", servers[i], connections[i]
             )
         except BaseException as exc:  # noqa: BLE001 - handed to the caller below
             results[i] = exc
@@ -648,16 +588,17 @@ def run_pg_two(setup: Setup, pg: Postgres, pg_ingest: dict[str, Any] | None) -> 
         warm = _wrk_pair(
             setup, urls, files["warmup"], WARMUP_SECONDS, conns, "pg-two-warmup", servers
         )
-        readers = [SinkReader(directory / "ab"[i]) for i in range(2)]
-        w_complete, w_seconds, _, _ = _wait_delivered(
-            readers,
+        sinks = SinkReaders([SinkReader(directory / "ab"[i]) for i in range(2)])
+        warm_drain = wait_drained(
+            sinks,
             expected_deliveries([i for w in warm for i in w.accepted_ids], setup.warmup_events),
+            0,
             WARMUP_DRAIN_TIMEOUT,
         )
         out["warmup"] = {
             "accepted_per_s": sum(summarize(w)["accepted_per_s"] for w in warm),
-            "drain_s": w_seconds,
-            "drained": w_complete,
+            "drain_s": warm_drain.seconds,
+            "drained": warm_drain.complete,
         }
         print(f"[pg-two] measuring {args.duration} s", flush=True)
         cpu: dict[str, Any] = {}
@@ -691,7 +632,7 @@ def run_pg_two(setup: Setup, pg: Postgres, pg_ingest: dict[str, Any] | None) -> 
         base = out["one"].get("accepted_per_s")
         out["ratio_two_over_one"] = total / base if base else None
         out["sinks"] = _sinks_after(
-            readers,
+            sinks,
             [i for r in runs for i in r.accepted_ids],
             setup,
             max(r.load_end for r in runs),
@@ -703,7 +644,7 @@ def run_pg_two(setup: Setup, pg: Postgres, pg_ingest: dict[str, Any] | None) -> 
         out["servers"] = []
         for i, server in enumerate(servers):
             stopped: dict[str, Any] = {}
-            _finish(server, stopped, f"voltd-pg-two-{'ab'[i]}")
+            finish_server(server, stopped, f"voltd-pg-two-{'ab'[i]}")
             out["servers"].append(stopped)
     return out
 

@@ -37,8 +37,21 @@ def read_appended(path: Path, offsets: dict[Path, int]) -> bytes:
     return data[:end]
 
 
+class _SinkIds:
+    """Envelope ids per sink, each with its number of lines: what landed, and what is missing."""
+
+    ids: dict[str, Counter[str]]
+
+    def lines(self, sink: str) -> int:
+        return sum(self.ids.get(sink, Counter()).values())
+
+    def missing(self, sink: str, wanted: Iterable[str]) -> list[str]:
+        have = self.ids.get(sink, Counter())
+        return [i for i in wanted if i not in have]
+
+
 @dataclass
-class SinkReader:
+class SinkReader(_SinkIds):
     """Incrementally reads the file sinks' JSON lines and collects envelope ids per sink."""
 
     root: Path
@@ -56,12 +69,22 @@ class SinkReader:
                     m = ENVELOPE_ID.search(line)
                     seen[m.group().decode() if m else "?"] += 1
 
-    def lines(self, sink: str) -> int:
-        return sum(self.ids.get(sink, Counter()).values())
 
-    def missing(self, sink: str, wanted: Iterable[str]) -> list[str]:
-        have = self.ids.get(sink, Counter())
-        return [i for i in wanted if i not in have]
+@dataclass
+class SinkReaders(_SinkIds):
+    """Several instances' sink files (each instance writes its own) read as one: per sink,
+    the ids of all of them together. Polled like a SinkReader (`wait_drained`)."""
+
+    readers: list[SinkReader]
+    ids: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def poll(self) -> None:
+        merged: dict[str, Counter[str]] = {sink: Counter() for sink in SINK_DIRS}
+        for reader in self.readers:
+            reader.poll()
+            for sink in SINK_DIRS:
+                merged[sink].update(reader.ids.get(sink, Counter()))
+        self.ids = merged
 
 
 def expected_deliveries(
@@ -89,7 +112,10 @@ class Drain:
 
 
 def wait_drained(
-    reader: SinkReader, wanted: dict[str, list[str]], fallback_count: int, timeout: float
+    reader: SinkReader | SinkReaders,
+    wanted: dict[str, list[str]],
+    fallback_count: int,
+    timeout: float,
 ) -> Drain:
     """Poll the sink files until every sink holds every acknowledged event routed to it.
 
