@@ -14,8 +14,9 @@ The same interface as the SQLite `voltd.spool.Spool`, with what sharing needs:
   lease expires.
 - Order: a sink with `concurrency = 1` delivers from one instance at a time. Its worker calls
   `acquire_sink()` before `due()`: a session advisory lock on a connection of its own, held
-  until `release_sink()` or until that connection closes (the instance died), so a new holder
-  may take over the dead holder's claimed rows at once instead of waiting for the lease.
+  until `release_sink()` or until that connection closes (the instance died). The holder's
+  `due()` takes the sink's due rows without claiming them (nobody else delivers to it),
+  including rows an earlier holder had claimed, in order.
 - Wake-ups: `store` wakes local workers after the commit and NOTIFYs in the same
   transaction; a listener connection (inside `writer`) wakes this instance's workers when
   another instance, or `voltd spool replay|retry`, commits work for a sink.
@@ -304,10 +305,11 @@ class PgSpool(GroupCommit):
         (`concurrency = 1`); call before every `due()`.
 
         True: this instance holds the sink's session advisory lock (taken now, or still held:
-        checked with a round trip on the lock connection). While it holds it, its `due()` also
-        claims rows other instances had claimed: a holder that died lost the lock with its
-        connection. False: another instance holds it; wait and ask again. SpoolError: the
-        database cannot be reached (a lock held is gone with the connection); ask later."""
+        checked with a round trip on the lock connection). While it holds it, its `due()` takes
+        every due row, also rows an earlier holder had claimed: a holder that died lost the
+        lock with its connection. False: another instance holds it; wait and ask again.
+        SpoolError: the database cannot be reached (a lock held is gone with the connection);
+        ask later."""
         return await trio.to_thread.run_sync(self._acquire, sink, limiter=self._lock_limit)
 
     async def release_sink(self, sink: str) -> None:
