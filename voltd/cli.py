@@ -121,30 +121,19 @@ def _spool_line(config: Any) -> str:
         return str(config.spool.path)
     import psycopg
 
-    from voltd.spool_pg import PG_SCHEMA_VERSION, schema_version
+    from voltd.spool import SpoolError
+    from voltd.spool_pg import PG_SCHEMA_VERSION, check_version
     from voltd.spool_pg.sql import error_text
 
     where = config.spool.where
     try:
         with psycopg.connect(config.spool.conninfo, connect_timeout=10) as conn:
-            version = schema_version(conn)
+            check_version(conn, where)
     except psycopg.Error as exc:
         _fail(f"spool.url: cannot connect to {where}: {error_text(exc, config.spool.conninfo)}", 1)
-    if version is None:
-        _fail(f"spool.url: {where} holds no voltd spool yet; run `voltd spool migrate`", 1)
-    if version < PG_SCHEMA_VERSION:
-        _fail(
-            f"spool.url: {where} has spool schema version {version}, this voltd needs "
-            f"{PG_SCHEMA_VERSION}; run `voltd spool migrate`",
-            1,
-        )
-    if version > PG_SCHEMA_VERSION:
-        _fail(
-            f"spool.url: {where} has spool schema version {version}, newer than this voltd "
-            f"knows ({PG_SCHEMA_VERSION}); upgrade voltd",
-            1,
-        )
-    return f"{where} (PostgreSQL, schema version {version})"
+    except SpoolError as exc:
+        _fail(f"spool.url: {exc}", 1)
+    return f"{where} (PostgreSQL, schema version {PG_SCHEMA_VERSION})"
 
 
 def _fmt_duration(seconds: float) -> str:

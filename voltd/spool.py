@@ -501,12 +501,7 @@ class SpoolDB:
 
     def status(self) -> dict[str, dict[str, int]]:
         """Deliveries per sink and state (`voltd spool status`, start-up checks, tests)."""
-        out: dict[str, dict[str, int]] = {}
-        for sink, state, n in self.conn.execute(
-            "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state"
-        ):
-            out.setdefault(sink, {s.name.lower(): 0 for s in State})[State(state).name.lower()] = n
-        return out
+        return status_counts(self.conn.execute(STATUS_SQL))
 
     def gauges(self) -> dict[str, tuple[int, int, float | None]]:
         """Per sink: pending deliveries, dead letters and when the oldest pending event
@@ -515,37 +510,71 @@ class SpoolDB:
         dead letters take one pass over the deliveries without a join (both together: about
         50 ms for 800,000 deliveries, where `status` takes 0.5 s). Events are numbered as they
         arrive, so the lowest pending number is the oldest."""
-        out: dict[str, tuple[int, int, float | None]] = {}
         c = self.conn
-        pending = c.execute(
+        pending = []
+        for sink, n, first in c.execute(
             "SELECT sink, COUNT(*), MIN(event_seq) FROM deliveries WHERE state = 0 GROUP BY sink"
-        ).fetchall()
-        for sink, n, first in pending:
-            row = c.execute("SELECT received_at FROM events WHERE seq = ?", (first,)).fetchone()
-            out[sink] = (n, 0, row[0] if row else None)
-        for sink, n in c.execute(
-            "SELECT sink, COUNT(*) FROM deliveries WHERE state = 2 GROUP BY sink"
         ).fetchall():
-            n_pending, _, oldest = out.get(sink, (0, 0, None))
-            out[sink] = (n_pending, n, oldest)
-        return out
+            row = c.execute("SELECT received_at FROM events WHERE seq = ?", (first,)).fetchone()
+            pending.append((sink, n, row[0] if row else None))
+        return gauge_counts(pending, c.execute(DEAD_COUNT_SQL).fetchall())
 
     def event_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def dead(self, sink: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT d.sink, d.event_seq, e.envelope_id, d.attempts, d.updated_at, d.last_error"
-            " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.state = 2"
-        )
-        args: list[Any] = []
-        if sink is not None:
-            sql += " AND d.sink = ?"
-            args.append(sink)
-        sql += " ORDER BY d.updated_at LIMIT ?"
-        args.append(limit)
-        keys = ("sink", "seq", "id", "attempts", "failed_at", "error")
-        return [dict(zip(keys, row, strict=True)) for row in self.conn.execute(sql, args)]
+        sql, args = dead_query(sink, limit, "?")
+        return dead_rows(self.conn.execute(sql, args))
+
+
+# -- what both spools (here and `voltd.spool_pg`) read the same way -----------------------
+
+#: Deliveries per sink and state, for `status_counts`.
+STATUS_SQL = "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state"
+#: Dead letters per sink, for `gauge_counts`.
+DEAD_COUNT_SQL = "SELECT sink, COUNT(*) FROM deliveries WHERE state = 2 GROUP BY sink"
+_DEAD_KEYS = ("sink", "seq", "id", "attempts", "failed_at", "error")
+
+
+def status_counts(rows: Iterable[tuple[str, int, int]]) -> dict[str, dict[str, int]]:
+    """`status` from the rows of STATUS_SQL: every state named, with 0 where none."""
+    out: dict[str, dict[str, int]] = {}
+    for sink, state, n in rows:
+        out.setdefault(sink, {s.name.lower(): 0 for s in State})[State(state).name.lower()] = n
+    return out
+
+
+def gauge_counts(
+    pending: Iterable[tuple[str, int, float | None]], dead: Iterable[tuple[str, int]]
+) -> dict[str, tuple[int, int, float | None]]:
+    """`gauges` from (sink, pending, oldest arrival) and DEAD_COUNT_SQL's rows."""
+    out: dict[str, tuple[int, int, float | None]] = {
+        sink: (n, 0, oldest) for sink, n, oldest in pending
+    }
+    for sink, n in dead:
+        n_pending, _, oldest = out.get(sink, (0, 0, None))
+        out[sink] = (n_pending, n, oldest)
+    return out
+
+
+def dead_query(sink: str | None, limit: int, mark: str) -> tuple[str, list[Any]]:
+    """`voltd spool dead`'s query and arguments, with `mark` the driver's placeholder."""
+    sql = (
+        "SELECT d.sink, d.event_seq, e.envelope_id, d.attempts, d.updated_at, d.last_error"
+        " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.state = 2"
+    )
+    args: list[Any] = []
+    if sink is not None:
+        sql += f" AND d.sink = {mark}"
+        args.append(sink)
+    sql += f" ORDER BY d.updated_at LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
+
+def dead_rows(rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """`dead_query`'s rows as the dicts `voltd spool dead` prints."""
+    return [dict(zip(_DEAD_KEYS, row, strict=True)) for row in rows]
 
 
 def sink_report(
@@ -677,6 +706,11 @@ class GroupCommit:
         if rec.error is not None:
             raise rec.error
         return rec.expired
+
+    async def state_put(self, sink: str, key: str, value: str | None) -> None:
+        """A sink's state write (voltd.state.StateBackend), committed with the next group
+        commit, in order with delivery outcomes."""
+        await self.record((), state=[(sink, key, value)])
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed (or has failed): the writer takes
@@ -882,7 +916,3 @@ class Spool(GroupCommit):
 
     async def state_get(self, sink: str, key: str) -> str | None:
         return await trio.to_thread.run_sync(self._rdb.get_state, sink, key, limiter=self._rlimit)
-
-    async def state_put(self, sink: str, key: str, value: str | None) -> None:
-        """Committed with the next group commit, in order with delivery outcomes."""
-        await self.record((), state=[(sink, key, value)])

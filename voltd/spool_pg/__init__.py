@@ -57,7 +57,6 @@ from voltd.spool_pg.sql import (
     Conn,
     _app_name,
     _apply,
-    _check_version,
     _due,
     _gauges,
     _get_state,
@@ -65,18 +64,28 @@ from voltd.spool_pg.sql import (
     _lock_key,
     _next_due_at,
     _purge,
+    _release_claims,
     _renew,
     _report,
     _retry_requested,
     _status,
     _touch_instance,
+    check_version,
     error_text,
     migrate,
     safe_url,
     schema_version,
 )
 
-__all__ = ["PG_SCHEMA_VERSION", "PgSpool", "PgSpoolDB", "migrate", "safe_url", "schema_version"]
+__all__ = [
+    "PG_SCHEMA_VERSION",
+    "PgSpool",
+    "PgSpoolDB",
+    "check_version",
+    "migrate",
+    "safe_url",
+    "schema_version",
+]
 
 log = logging.getLogger("voltd.spool")
 
@@ -151,7 +160,7 @@ class PgSpool(GroupCommit):
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
             with self._pool.connection() as conn:
-                _check_version(conn, self.where)
+                check_version(conn, self.where)
                 _touch_instance(conn, self.instance, self.started_at)
         except psycopg.Error as exc:
             self._pool.close()
@@ -185,11 +194,7 @@ class PgSpool(GroupCommit):
             with self._pool.connection(timeout=2.0) as conn:
                 conn.execute("DELETE FROM sink_status WHERE instance = %s", (self.instance,))
                 conn.execute("DELETE FROM instances WHERE instance = %s", (self.instance,))
-                conn.execute(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
-                    " WHERE lease_owner = %s AND state = 0",
-                    (self.instance,),
-                )
+                _release_claims(conn, self.instance)
         except psycopg.Error as exc:
             log.warning("%s: could not tidy up on close: %s", self.where, error_text(exc, self.url))
         with self._lock_mutex:
@@ -294,10 +299,6 @@ class PgSpool(GroupCommit):
     async def state_get(self, sink: str, key: str) -> str | None:
         return await self._run("cannot read the spool", _get_state, sink, key)
 
-    async def state_put(self, sink: str, key: str, value: str | None) -> None:
-        """Committed with the next group commit, in order with delivery outcomes."""
-        await self.record((), state=[(sink, key, value)])
-
     # -- ordered sinks: one instance at a time -------------------------------------------------
 
     async def acquire_sink(self, sink: str) -> bool:
@@ -354,14 +355,7 @@ class PgSpool(GroupCommit):
                     )
                     self._drop_lock_conn()
         try:
-            self._call(
-                "cannot release claims",
-                lambda c: c.execute(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
-                    " WHERE sink = %s AND lease_owner = %s AND state = 0",
-                    (sink, self.instance),
-                ),
-            )
+            self._call("cannot release claims", _release_claims, self.instance, sink)
         except SpoolError as exc:
             log.warning("sink %s: %s", sink, exc)
 

@@ -15,7 +15,6 @@ from voltd.spool_pg.sql import (
     PG_SCHEMA_VERSION,
     Conn,
     _apply,
-    _check_version,
     _dead,
     _event_count,
     _gauges,
@@ -28,6 +27,7 @@ from voltd.spool_pg.sql import (
     _retry_requested,
     _sink_status,
     _status,
+    check_version,
     error_text,
     safe_url,
 )
@@ -54,7 +54,7 @@ class PgSpoolDB:
             ) from exc
         try:
             with self._tx("cannot open the spool") as conn:
-                _check_version(conn, self.where)
+                check_version(conn, self.where)
         except BaseException:
             self.conn.close()
             raise

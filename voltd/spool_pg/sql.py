@@ -17,16 +17,21 @@ import psycopg
 
 from voltd.events import from_spool
 from voltd.spool import (
+    DEAD_COUNT_SQL,
+    STATUS_SQL,
     Due,
     Outcome,
     SinkChange,
     SpoolError,
-    State,
     Stored,
     _Ingest,
     _Record,
+    dead_query,
+    dead_rows,
     empty_report,
+    gauge_counts,
     sink_report,
+    status_counts,
 )
 
 log = logging.getLogger("voltd.spool")
@@ -149,7 +154,8 @@ def schema_version(conn: Conn) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def _check_version(conn: Conn, where: str) -> None:
+def check_version(conn: Conn, where: str) -> None:
+    """Refuse (SpoolError, saying what to do) a spool not at PG_SCHEMA_VERSION."""
     version = schema_version(conn)
     if version is None:
         raise SpoolError(
@@ -204,7 +210,7 @@ def migrate(url: str) -> int:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
             version = schema_version(conn) or 0
             if version > PG_SCHEMA_VERSION:
-                _check_version(conn, where)
+                check_version(conn, where)
             for step in range(version + 1, PG_SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[step]:
                     conn.execute(statement)
@@ -454,6 +460,17 @@ def _due_held(conn: Conn, sink: str, now: float, limit: int) -> list[Due]:
     ]
 
 
+def _release_claims(conn: Conn, me: str, sink: str | None = None) -> None:
+    """Give up `me`'s claims (on `sink`, or all): its worker stopped, or it closes."""
+    sql = "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+    sql += " WHERE lease_owner = %s AND state = 0"
+    args: list[Any] = [me]
+    if sink is not None:
+        sql += " AND sink = %s"
+        args.append(sink)
+    conn.execute(sql, args)
+
+
 def _renew(conn: Conn, me: str, lease: float) -> int:
     """Extend every claim `me` holds by `lease` from now; returns how many."""
     cur = conn.execute(
@@ -476,29 +493,16 @@ def _next_due_at(conn: Conn, me: str, sink: str) -> float | None:
 
 
 def _status(conn: Conn) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for sink, state, n in conn.execute(
-        "SELECT sink, state, COUNT(*) FROM deliveries GROUP BY sink, state"
-    ):
-        out.setdefault(sink, {s.name.lower(): 0 for s in State})[State(state).name.lower()] = n
-    return out
+    return status_counts(conn.execute(STATUS_SQL))
 
 
 def _gauges(conn: Conn) -> dict[str, tuple[int, int, float | None]]:
-    out: dict[str, tuple[int, int, float | None]] = {}
-    rows = conn.execute(
+    pending = conn.execute(
         "SELECT p.sink, p.n, (SELECT received_at FROM events WHERE seq = p.first)"
         " FROM (SELECT sink, COUNT(*) AS n, MIN(event_seq) AS first FROM deliveries"
         " WHERE state = 0 GROUP BY sink) p"
     ).fetchall()
-    for sink, n, oldest in rows:
-        out[sink] = (n, 0, oldest)
-    for sink, n in conn.execute(
-        "SELECT sink, COUNT(*) FROM deliveries WHERE state = 2 GROUP BY sink"
-    ).fetchall():
-        n_pending, _, oldest = out.get(sink, (0, 0, None))
-        out[sink] = (n_pending, n, oldest)
-    return out
+    return gauge_counts(pending, conn.execute(DEAD_COUNT_SQL).fetchall())
 
 
 def _purge(conn: Conn, older_than: float, limit: int) -> int:
@@ -599,18 +603,8 @@ def _report(conn: Conn, now: float) -> dict[str, dict[str, Any]]:
 
 
 def _dead(conn: Conn, sink: str | None, limit: int) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT d.sink, d.event_seq, e.envelope_id, d.attempts, d.updated_at, d.last_error"
-        " FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.state = 2"
-    )
-    args: list[Any] = []
-    if sink is not None:
-        sql += " AND d.sink = %s"
-        args.append(sink)
-    sql += " ORDER BY d.updated_at LIMIT %s"
-    args.append(limit)
-    keys = ("sink", "seq", "id", "attempts", "failed_at", "error")
-    return [dict(zip(keys, row, strict=True)) for row in conn.execute(sql, args)]
+    sql, args = dead_query(sink, limit, "%s")
+    return dead_rows(conn.execute(sql, args))
 
 
 def _replay(conn: Conn, me: str, sink: str | None, seqs: Sequence[int] | None) -> int:
