@@ -21,17 +21,21 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import httpx
+import trio
 from hypothesis import HealthCheck, settings
 
+from voltd.events import Event, parse
 from voltd.keys import generate_signing_pair, make_self_signed_cert
+from voltd.spool import SpoolLike
 from voltd.testing import make_body
 from voltd.verify import Signer, load_private_key_file
 
@@ -515,3 +519,28 @@ class _RecordingHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+# --------------------------------------------------------------------------------------------
+# Spools in-process, as the daemon runs them
+
+S = TypeVar("S", bound=SpoolLike)
+
+
+def spool_event(**kw: Any) -> Event:
+    """`make_event(**kw)` parsed, as a spool stores it."""
+    e = parse(make_event(**kw))
+    assert isinstance(e, Event)
+    return e
+
+
+@asynccontextmanager
+async def writing(spool: S) -> AsyncIterator[S]:
+    """`spool` with its writer task running, as the daemon runs it; closed after."""
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spool.writer)
+            yield spool
+            nursery.cancel_scope.cancel()
+    finally:
+        spool.close()

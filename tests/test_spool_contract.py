@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests.helpers import make_event
+from tests.helpers import spool_event as ev
+from tests.helpers import writing
 from voltd.events import Event, parse
 from voltd.spool import Outcome, SinkChange, Spool, State, Stored
 
 OpenSpool = Callable[[], AbstractAsyncContextManager[Any]]
-
-
-def ev(**kw: Any) -> Event:
-    e = parse(make_event(**kw))
-    assert isinstance(e, Event)
-    return e
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -43,18 +38,7 @@ def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> OpenSpool:
         def make() -> Any:
             return PgSpool(url)
 
-    @asynccontextmanager
-    async def opened() -> AsyncIterator[Any]:
-        spool = make()
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(spool.writer)
-                yield spool
-                nursery.cancel_scope.cancel()
-        finally:
-            spool.close()
-
-    return opened
+    return lambda: writing(make())
 
 
 async def test_store_returns_stored(open_spool: OpenSpool) -> None:

@@ -4,24 +4,18 @@ leases, the ordered sinks' lock, NOTIFY wake-ups, schema versions, a database re
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import psycopg
 import pytest
 import trio
 
-from tests.helpers import make_event
+from tests.helpers import spool_event as ev
+from tests.helpers import writing
 from voltd.events import Event, parse
 from voltd.spool import Outcome, SpoolError, State, Stored
 from voltd.spool_pg import PG_SCHEMA_VERSION, PgSpool, PgSpoolDB, migrate
-
-
-def ev(**kw: Any) -> Event:
-    e = parse(make_event(**kw))
-    assert isinstance(e, Event)
-    return e
 
 
 @pytest.fixture
@@ -30,16 +24,9 @@ def url(pg_url: str) -> str:
     return pg_url
 
 
-@asynccontextmanager
-async def running(url: str, **kw: Any) -> AsyncIterator[PgSpool]:
-    spool = PgSpool(url, **kw)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(spool.writer)
-            yield spool
-            nursery.cancel_scope.cancel()
-    finally:
-        spool.close()
+def running(url: str, **kw: Any) -> AbstractAsyncContextManager[PgSpool]:
+    """An instance on `url` with its writer running."""
+    return writing(PgSpool(url, **kw))
 
 
 async def test_same_envelope_through_two_instances_stored_once(url: str) -> None:
